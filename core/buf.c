@@ -1,0 +1,89 @@
+/* buf: refcounted byte buffers and the builder. See buf.h. */
+#include "buf.h"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+sl_buf *sl_buf_new(size_t len) {
+  sl_buf *b = malloc(sizeof(*b) + len + 1);
+  if (!b) return NULL;
+  b->refs = 1;
+  b->len = len;
+  b->data[len] = '\0';
+  return b;
+}
+
+sl_buf *sl_buf_from(const void *p, size_t len) {
+  sl_buf *b = sl_buf_new(len);
+  if (b && len) memcpy(b->data, p, len);
+  return b;
+}
+
+void sl_buf_unref(sl_buf *b) {
+  if (b && --b->refs == 0) free(b);
+}
+
+void sl_sb_init(sl_sb *sb, size_t hint) {
+  sb->cap = hint < 64 ? 64 : hint;
+  sb->b = sl_buf_new(sb->cap);
+  sb->failed = sb->b == NULL;
+  if (sb->b) sb->b->len = 0;
+}
+
+static int sb_reserve(sl_sb *sb, size_t more) {
+  if (sb->failed) return -ENOMEM;
+  size_t need = sb->b->len + more;
+  if (need <= sb->cap) return 0;
+  size_t cap = sb->cap;
+  while (cap < need) cap *= 2;
+  sl_buf *nb = realloc(sb->b, sizeof(*nb) + cap + 1);
+  if (!nb) {
+    sb->failed = 1;
+    return -ENOMEM;
+  }
+  sb->b = nb;
+  sb->cap = cap;
+  return 0;
+}
+
+int sl_sb_add(sl_sb *sb, const void *p, size_t len) {
+  if (sb_reserve(sb, len)) return -ENOMEM;
+  if (len) memcpy(sb->b->data + sb->b->len, p, len);
+  sb->b->len += len;
+  return 0;
+}
+
+int sl_sb_adds(sl_sb *sb, const char *s) { return sl_sb_add(sb, s, strlen(s)); }
+
+int sl_sb_addc(sl_sb *sb, char c) { return sl_sb_add(sb, &c, 1); }
+
+int sl_sb_addf(sl_sb *sb, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0 || sb_reserve(sb, (size_t)n + 1)) return -ENOMEM;
+  va_start(ap, fmt);
+  vsnprintf(sb->b->data + sb->b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  sb->b->len += (size_t)n;
+  return 0;
+}
+
+sl_buf *sl_sb_finish(sl_sb *sb) {
+  sl_buf *b = sb->failed ? NULL : sb->b;
+  if (sb->failed) free(sb->b);
+  if (b) b->data[b->len] = '\0';
+  sb->b = NULL;
+  sb->cap = 0;
+  sb->failed = 1;
+  return b;
+}
+
+void sl_sb_free(sl_sb *sb) {
+  free(sb->b);
+  sb->b = NULL;
+  sb->failed = 1;
+}

@@ -1,0 +1,386 @@
+/* conn: one client connection. See conn.h.
+ *
+ * Reads go into the server's one read buffer and are parsed at once; a request
+ * that completes pauses the parser, so pipelined requests wait (in c->in) until
+ * the handler of the one before has answered. Writes queue refcounted buffers
+ * and go out as one uv_write of everything queued. */
+#include "conn.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "log.h"
+#include "lua_vm.h"
+#include "sched.h"
+#include "server.h"
+
+#define SL_MAX_IOV 64
+#define SL_MAX_PENDING_IN (4u << 20)
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void conn_process(sl_conn *c);
+
+static void access_log(sl_conn *c) {
+  if (!c->req || !sl_log_enabled(SL_LOG_INFO)) return;
+  double ms = (double)(uv_hrtime() - c->started) / 1e6;
+  const char *method = llhttp_method_name((llhttp_method_t)c->parser.method);
+  int plen = (int)c->req->url_len;
+  sl_info("%s %s %.*s %d %llu %.1fms", c->peer, method, plen, c->req->head, c->status,
+          (unsigned long long)c->bytes_sent, ms);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  sl_conn *c = h->data;
+  buf->base = c->srv->readbuf;
+  buf->len = sizeof c->srv->readbuf;
+}
+
+static void on_header_timeout(uv_timer_t *t) {
+  sl_conn *c = t->data;
+  sl_debug("conn %llu: request head not complete in time", (unsigned long long)c->id);
+  sl_conn_close(c);
+}
+
+static void on_heartbeat(uv_timer_t *t) {
+  static const char beat[] = ":\n\n";
+  sl_conn *c = t->data;
+  if (c->wrote) {
+    c->wrote = 0;
+    return;
+  }
+  sl_buf *b = sl_buf_from(beat, sizeof beat - 1);
+  if (!b) return;
+  sl_conn_write(c, b);
+  sl_buf_unref(b);
+  c->wrote = 0;
+}
+
+static void start_header_timer(sl_conn *c) {
+  uint64_t ms = (uint64_t)(c->srv->cfg.header_timeout * 1000);
+  uv_timer_start(&c->timer, on_header_timeout, ms ? ms : 1, 0);
+}
+
+void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
+  sl_conn *c = calloc(1, sizeof *c);
+  if (!c) return;
+  c->srv = srv;
+  c->ud_ref = LUA_NOREF;
+  uv_tcp_init(srv->loop, &c->tcp);
+  uv_timer_init(srv->loop, &c->timer);
+  c->tcp.data = c->timer.data = c->wreq.data = c;
+  c->pending_closes = 0;
+  c->id = ++srv->next_conn_id;
+  c->next = srv->conns;
+  if (srv->conns) srv->conns->prev = c;
+  srv->conns = c;
+  srv->nconns++;
+  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
+    sl_conn_close(c);
+    return;
+  }
+  size_t q = srv->cfg.queue_limit / 2;
+  c->hwm = q < 65536 ? q : 65536;
+  struct sockaddr_storage ss;
+  int sl = sizeof ss;
+  strcpy(c->peer, "-");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    if (ss.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
+    else uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof c->peer);
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  if (srv->nconns > srv->cfg.max_connections) {
+    srv->refused++;
+    sl_warn("refusing %s: max_connections (%u) reached", c->peer, srv->cfg.max_connections);
+    sl_buf *b = sl_http_error(503);
+    if (b) sl_conn_write(c, b);
+    sl_buf_unref(b);
+    sl_conn_end(c);
+    return;
+  }
+  llhttp_init(&c->parser, HTTP_REQUEST, &sl_http_settings);
+  c->parser.data = c;
+  c->reading = 1;
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  start_header_timer(c);
+}
+
+/* ---- write path ---- */
+
+static void flush(sl_conn *c);
+
+static void on_written(uv_write_t *req, int status) {
+  sl_conn *c = req->data;
+  for (unsigned i = 0; i < c->inflight; i++) {
+    c->queued -= c->q[i]->len;
+    sl_buf_unref(c->q[i]);
+  }
+  c->qlen -= c->inflight;
+  memmove(c->q, c->q + c->inflight, c->qlen * sizeof *c->q);
+  c->inflight = 0;
+  if (c->closing) return;
+  if (status < 0) {
+    sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(status));
+    sl_conn_close(c);
+    return;
+  }
+  if (c->qlen) flush(c);
+  else if (c->ending) {
+    sl_conn_close(c);
+    return;
+  }
+  if (c->task && c->task->waiting && c->queued < c->hwm) sl_task_drained(c->task);
+}
+
+static void flush(sl_conn *c) {
+  uv_buf_t bufs[SL_MAX_IOV];
+  unsigned n = c->qlen < SL_MAX_IOV ? c->qlen : SL_MAX_IOV;
+  for (unsigned i = 0; i < n; i++) bufs[i] = uv_buf_init(c->q[i]->data, (unsigned)c->q[i]->len);
+  c->inflight = n;
+  int r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_written);
+  if (r < 0) {
+    c->inflight = 0;
+    sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(r));
+    sl_conn_close(c);
+  }
+}
+
+int sl_conn_write(sl_conn *c, sl_buf *b) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (c->queued > 0 && c->queued + b->len > c->srv->cfg.queue_limit) {
+    sl_warn("conn %llu: closed as a slow consumer (%zu bytes queued)", (unsigned long long)c->id, c->queued);
+    sl_conn_close(c);
+    return -ENOBUFS;
+  }
+  if (c->qlen == c->qcap) {
+    unsigned cap = c->qcap ? c->qcap * 2 : 4;
+    sl_buf **nq = realloc(c->q, cap * sizeof *nq);
+    if (!nq) return -ENOMEM;
+    c->q = nq;
+    c->qcap = cap;
+  }
+  c->q[c->qlen++] = sl_buf_ref(b);
+  c->queued += b->len;
+  c->bytes_sent += b->len;
+  c->wrote = 1;
+  if (!c->inflight) flush(c);
+  return 0;
+}
+
+int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (c->state != SL_CS_BUSY) return -EALREADY;
+  sl_sb sb;
+  sl_sb_init(&sb, 256 + (c->is_head ? 0 : len));
+  sl_http_status_line(&sb, status);
+  if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
+  int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+  if (!no_body) sl_sb_addf(&sb, "Content-Length: %zu\r\n", len);
+  if (!c->keepalive) sl_sb_adds(&sb, "Connection: close\r\n");
+  sl_sb_add(&sb, "\r\n", 2);
+  if (!no_body && !c->is_head) sl_sb_add(&sb, body, len);
+  sl_buf *b = sl_sb_finish(&sb);
+  if (!b) return -ENOMEM;
+  c->state = SL_CS_RESPONDED;
+  c->status = status;
+  int r = sl_conn_write(c, b);
+  sl_buf_unref(b);
+  return r;
+}
+
+int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (c->state != SL_CS_BUSY) return -EALREADY;
+  sl_sb sb;
+  sl_sb_init(&sb, 512);
+  sl_http_status_line(&sb, status);
+  if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
+  /* The body runs until the connection closes: no length, no chunking. */
+  sl_sb_adds(&sb, "Connection: close\r\n\r\n");
+  sl_buf *b = sl_sb_finish(&sb);
+  if (!b) return -ENOMEM;
+  c->state = SL_CS_STREAM;
+  c->status = status;
+  int r = sl_conn_write(c, b);
+  sl_buf_unref(b);
+  if (r == 0 && heartbeat > 0) {
+    uint64_t ms = (uint64_t)(heartbeat * 1000);
+    uv_timer_start(&c->timer, on_heartbeat, ms ? ms : 1, ms ? ms : 1);
+  }
+  return r;
+}
+
+void sl_conn_end(sl_conn *c) {
+  if (c->closing || c->ending) return;
+  c->ending = 1;
+  if (c->qlen == 0) sl_conn_close(c);
+}
+
+/* ---- close path ---- */
+
+static void on_closed(uv_handle_t *h) {
+  sl_conn *c = h->data;
+  if (--c->pending_closes) return;
+  if (c->vm) sl_vm_conn_gone(c->vm, c);
+  for (unsigned i = 0; i < c->qlen; i++) sl_buf_unref(c->q[i]);
+  free(c->q);
+  free(c->in);
+  sl_req_free(c->req);
+  free(c);
+}
+
+void sl_conn_close(sl_conn *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  if (c->state == SL_CS_STREAM) access_log(c);
+  sl_server *srv = c->srv;
+  if (c->prev) c->prev->next = c->next;
+  else srv->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  srv->nconns--;
+  if (c->task) {
+    sl_task *t = c->task;
+    c->task = NULL;
+    sl_task_cancel(t);
+  }
+  c->pending_closes = 2;
+  uv_close((uv_handle_t *)&c->tcp, on_closed);
+  uv_close((uv_handle_t *)&c->timer, on_closed);
+}
+
+/* ---- read path ---- */
+
+static void parse_error(sl_conn *c) {
+  int status = c->err_status ? c->err_status : 400;
+  sl_debug("conn %llu: bad request (%d): %s", (unsigned long long)c->id, status,
+           c->err_status ? "limit" : llhttp_get_error_reason(&c->parser));
+  if (c->state != SL_CS_HEAD) {
+    sl_conn_close(c);
+    return;
+  }
+  c->state = SL_CS_RESPONDED;
+  c->status = status;
+  uv_timer_stop(&c->timer);
+  sl_buf *b = sl_http_error(status);
+  if (b) sl_conn_write(c, b);
+  sl_buf_unref(b);
+  if (c->req) access_log(c);
+  sl_conn_end(c);
+}
+
+/* Parses p; returns the bytes used, or -1 after a parse error (the connection is ending). */
+static ssize_t feed(sl_conn *c, const char *p, size_t n) {
+  llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+  if (e == HPE_OK) return (ssize_t)n;
+  if (e == HPE_PAUSED && c->msg_done) {
+    llhttp_resume(&c->parser);
+    return (ssize_t)(llhttp_get_error_pos(&c->parser) - p);
+  }
+  parse_error(c);
+  return -1;
+}
+
+static int keep(sl_conn *c, const char *p, size_t n) {
+  if (c->inlen + n > SL_MAX_PENDING_IN) {
+    /* A client that pipelines this much waits for its answers before we read on. */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  if (c->inlen + n > c->incap) {
+    size_t cap = c->incap ? c->incap : 1024;
+    while (cap < c->inlen + n) cap *= 2;
+    char *ni = realloc(c->in, cap);
+    if (!ni) return -1;
+    c->in = ni;
+    c->incap = cap;
+  }
+  memcpy(c->in + c->inlen, p, n);
+  c->inlen += n;
+  return 0;
+}
+
+static void dispatch(sl_conn *c) {
+  c->msg_done = 0;
+  c->state = SL_CS_BUSY;
+  c->keepalive = llhttp_should_keep_alive(&c->parser) ? 1 : 0;
+  c->is_head = c->parser.method == HTTP_HEAD;
+  c->bytes_sent = 0;
+  c->status = 0;
+  uv_timer_stop(&c->timer);
+  if (!c->srv->vm || c->srv->stopping) {
+    c->keepalive = 0;
+    sl_conn_respond(c, 503, NULL, "Service Unavailable\n", 20);
+    sl_conn_task_done(c, 1);
+    return;
+  }
+  sl_vm_dispatch(c->srv->vm, c);
+}
+
+/* Serves the requests waiting in c->in, one at a time. */
+static void conn_process(sl_conn *c) {
+  if (c->processing) return;
+  c->processing = 1;
+  while (!c->closing && !c->ending && c->state == SL_CS_HEAD) {
+    if (c->msg_done) {
+      dispatch(c);
+      continue;
+    }
+    if (c->inlen == 0) break;
+    ssize_t used = feed(c, c->in, c->inlen);
+    if (used < 0) break;
+    c->inlen -= (size_t)used;
+    memmove(c->in, c->in + used, c->inlen);
+    if (!c->msg_done) break;
+  }
+  c->processing = 0;
+  if (!c->reading && !c->closing && c->inlen < SL_MAX_PENDING_IN / 2) {
+    c->reading = 1;
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  sl_conn *c = s->data;
+  if (n == 0) return;
+  if (n < 0) {
+    /* The client left (or the socket failed): nothing more can be sent. */
+    sl_conn_close(c);
+    return;
+  }
+  if (c->closing || c->ending) return;
+  if (c->state == SL_CS_STREAM) return; /* a stream takes no more requests: read only to see EOF */
+  size_t len = (size_t)n;
+  const char *p = buf->base;
+  if (c->state == SL_CS_HEAD && c->inlen == 0 && !c->msg_done) {
+    ssize_t used = feed(c, p, len);
+    if (used < 0) return;
+    p += used;
+    len -= (size_t)used;
+  }
+  if (len && keep(c, p, len)) {
+    sl_conn_close(c);
+    return;
+  }
+  conn_process(c);
+}
+
+void sl_conn_task_done(sl_conn *c, int ok) {
+  if (c->closing) return;
+  if (c->state == SL_CS_BUSY) {
+    /* The handler ended without answering: only an error gets here. */
+    c->keepalive = 0;
+    sl_conn_respond(c, 500, NULL, "Internal Server Error\n", 22);
+  } else if (c->state == SL_CS_STREAM) {
+    if (!ok) sl_conn_end(c);
+    return;
+  }
+  access_log(c);
+  if (!c->keepalive || c->srv->stopping) {
+    sl_conn_end(c);
+    return;
+  }
+  sl_req_free(c->req);
+  c->req = NULL;
+  c->state = SL_CS_HEAD;
+  start_header_timer(c);
+  conn_process(c);
+}

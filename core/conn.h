@@ -1,0 +1,71 @@
+/* conn: one client connection: the read path into the HTTP parser, the write
+ * queue of refcounted buffers, the header timeout / heartbeat timer, and the one
+ * close path. Uses http (parsing, heads), buf, sched (the handler task) and
+ * lua_vm (dispatch, close hooks). */
+#ifndef SL_CONN_H
+#define SL_CONN_H
+#include <llhttp.h>
+#include <stdint.h>
+#include <uv.h>
+#include "buf.h"
+#include "http.h"
+
+struct sl_server;
+struct sl_task;
+struct sl_vm;
+
+enum sl_conn_state {
+  SL_CS_HEAD,      /* reading a request */
+  SL_CS_BUSY,      /* a handler runs; no response yet */
+  SL_CS_RESPONDED, /* a plain response is queued; the next request waits for the handler to end */
+  SL_CS_STREAM     /* an event stream (or raw connection): no more requests on it */
+};
+
+typedef struct sl_conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;          /* header timeout, then heartbeats */
+  uv_write_t wreq;
+  struct sl_server *srv;
+  struct sl_vm *vm;          /* the VM that owns this connection's Lua objects */
+  struct sl_conn *prev, *next;
+  uint64_t id;
+  llhttp_t parser;
+  sl_req *req;               /* the request being read or served */
+  char *in;                  /* bytes received while a request is served */
+  size_t inlen, incap;
+  sl_buf **q;                /* write queue; the first `inflight` entries are being written */
+  unsigned qlen, qcap, inflight;
+  size_t queued;             /* bytes in q */
+  size_t hwm;                /* high-water mark for generators */
+  uint64_t bytes_sent;       /* bytes queued for the current response */
+  uint64_t started;          /* uv_hrtime() when the current request began */
+  int status;                /* status sent for the current request */
+  int err_status;            /* set by a parser callback that rejects the request */
+  struct sl_task *task;      /* the handler coroutine, if one runs */
+  int ud_ref;                /* registry ref of the Lua handle, LUA_NOREF if none */
+  void *ud;
+  uint8_t state;
+  uint8_t closing : 1, ending : 1, keepalive : 1, msg_done : 1, reading : 1, wrote : 1,
+      processing : 1, is_head : 1;
+  uint8_t pending_closes;
+  char peer[48];
+} sl_conn;
+
+/* Accepts one connection from a listener. */
+void sl_conn_accept(struct sl_server *srv, uv_stream_t *listener);
+
+/* Queues b (taking a reference of its own). 0, -EPIPE if the connection is closing,
+ * or -ENOBUFS if it would pass queue_limit (the connection is then closed as slow). */
+int sl_conn_write(sl_conn *c, sl_buf *b);
+/* Queues a plain response with Content-Length; the request is done. */
+int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len);
+/* Sends an event-stream (or raw) response head; starts heartbeats if heartbeat > 0. */
+int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat);
+/* Closes once everything queued is written. */
+void sl_conn_end(sl_conn *c);
+/* The one close path: stops everything, cancels the task; memory goes in the close callbacks. */
+void sl_conn_close(sl_conn *c);
+/* Called by sched when the connection's handler task ended; ok is 0 after an error. */
+void sl_conn_task_done(sl_conn *c, int ok);
+
+#endif

@@ -1,0 +1,197 @@
+/* http: request parsing callbacks and response heads. See http.h. */
+#include "http.h"
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include "conn.h"
+#include "server.h"
+
+sl_req *sl_req_new(void) { return calloc(1, sizeof(sl_req)); }
+
+void sl_req_free(sl_req *r) {
+  if (!r) return;
+  free(r->head);
+  free(r->hdrs);
+  free(r->body);
+  free(r);
+}
+
+static sl_conn *conn_of(llhttp_t *p) { return p->data; }
+
+static int reject(llhttp_t *p, int status) {
+  conn_of(p)->err_status = status;
+  return -1;
+}
+
+/* Appends to the request head, counting against max_header. */
+static int head_add(llhttp_t *p, const char *at, size_t len) {
+  sl_conn *c = conn_of(p);
+  sl_req *r = c->req;
+  if (r->head_len + len > c->srv->cfg.max_header) return reject(p, 431);
+  if (r->head_len + len > r->head_cap) {
+    size_t cap = r->head_cap ? r->head_cap : 512;
+    while (cap < r->head_len + len) cap *= 2;
+    char *nh = realloc(r->head, cap);
+    if (!nh) return reject(p, 503);
+    r->head = nh;
+    r->head_cap = cap;
+  }
+  memcpy(r->head + r->head_len, at, len);
+  r->head_len += len;
+  return 0;
+}
+
+static int on_message_begin(llhttp_t *p) {
+  sl_conn *c = conn_of(p);
+  if (!c->req && !(c->req = sl_req_new())) return reject(p, 503);
+  c->started = uv_hrtime();
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  int r = head_add(p, at, len);
+  if (!r) conn_of(p)->req->url_len += (uint32_t)len;
+  return r;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  sl_req *r = conn_of(p)->req;
+  if (r->nhdrs == 0 || r->in_value) {
+    if (r->nhdrs == r->hdr_cap) {
+      unsigned cap = r->hdr_cap ? r->hdr_cap * 2 : 16;
+      sl_hdr *nh = realloc(r->hdrs, cap * sizeof(*nh));
+      if (!nh) return reject(p, 503);
+      r->hdrs = nh;
+      r->hdr_cap = cap;
+    }
+    sl_hdr *h = &r->hdrs[r->nhdrs++];
+    h->name = (uint32_t)r->head_len;
+    h->name_len = 0;
+    h->value = (uint32_t)r->head_len;
+    h->value_len = 0;
+    r->in_value = 0;
+  }
+  if (head_add(p, at, len)) return -1;
+  r->hdrs[r->nhdrs - 1].name_len += (uint32_t)len;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  sl_req *r = conn_of(p)->req;
+  sl_hdr *h = &r->hdrs[r->nhdrs - 1];
+  if (!r->in_value) {
+    r->in_value = 1;
+    h->value = (uint32_t)r->head_len;
+  }
+  if (head_add(p, at, len)) return -1;
+  h->value_len += (uint32_t)len;
+  return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+  sl_req *r = conn_of(p)->req;
+  sl_hdr *h = &r->hdrs[r->nhdrs - 1];
+  if (h->name_len == 14 && strncasecmp(r->head + h->name, "content-length", 14) == 0) {
+    /* Two Content-Length headers are a smuggling vector even when they agree. */
+    if (++r->content_lengths > 1) return reject(p, 400);
+  }
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  sl_conn *c = conn_of(p);
+  if ((p->flags & F_CONTENT_LENGTH) && (p->flags & F_TRANSFER_ENCODING)) return reject(p, 400);
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->cfg.max_body) return reject(p, 413);
+  uv_timer_stop(&c->timer);
+  return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  sl_conn *c = conn_of(p);
+  sl_req *r = c->req;
+  if (r->body_len + len > c->srv->cfg.max_body) return reject(p, 413);
+  if (r->body_len + len > r->body_cap) {
+    size_t cap = r->body_cap ? r->body_cap : 1024;
+    while (cap < r->body_len + len) cap *= 2;
+    char *nb = realloc(r->body, cap);
+    if (!nb) return reject(p, 503);
+    r->body = nb;
+    r->body_cap = cap;
+  }
+  memcpy(r->body + r->body_len, at, len);
+  r->body_len += len;
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  conn_of(p)->msg_done = 1;
+  /* Pause so pipelined requests wait until this one is answered. */
+  return HPE_PAUSED;
+}
+
+const llhttp_settings_t sl_http_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+const char *sl_http_reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+  }
+}
+
+int sl_http_status_line(sl_sb *sb, int status) {
+  char date[64];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return sl_sb_addf(sb, "HTTP/1.1 %d %s\r\nServer: sluice\r\nDate: %s\r\n", status, sl_http_reason(status), date);
+}
+
+sl_buf *sl_http_error(int status) {
+  sl_sb sb;
+  const char *reason = sl_http_reason(status);
+  sl_sb_init(&sb, 256);
+  sl_http_status_line(&sb, status);
+  sl_sb_addf(&sb, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+             strlen(reason) + 1, reason);
+  return sl_sb_finish(&sb);
+}

@@ -1,0 +1,314 @@
+/* lua_api: the sluice.core module. See lua_api.h.
+ * Every function gets the VM as upvalue 1. Functions on a connection return
+ * true (plus whether its queue is above the high-water mark) or nil and
+ * "closed" / "overflow"; they raise only for bad arguments. */
+#include "lua_api.h"
+#include <errno.h>
+#include <lauxlib.h>
+#include <string.h>
+#include "conn.h"
+#include "log.h"
+#include "lua_vm.h"
+#include "sched.h"
+#include "server.h"
+#include "sse.h"
+
+static sl_vm *vm_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
+
+static sl_conn_ud *check_ud(lua_State *L, int idx) { return luaL_checkudata(L, idx, SL_CONN_MT); }
+
+/* The live connection at idx, or NULL when it is closed or closing. */
+static sl_conn *live_conn(lua_State *L, int idx) {
+  sl_conn *c = check_ud(L, idx)->c;
+  return c && !c->closing && !c->ending ? c : NULL;
+}
+
+static int fail(lua_State *L, const char *why) {
+  lua_pushnil(L);
+  lua_pushstring(L, why);
+  return 2;
+}
+
+static int write_result(lua_State *L, sl_conn *c, int r) {
+  if (r == -ENOBUFS) return fail(L, "overflow");
+  if (r == -ENOMEM) return fail(L, "out of memory");
+  if (r) return fail(L, "closed");
+  lua_pushboolean(L, 1);
+  lua_pushboolean(L, c->queued >= c->hwm);
+  return 2;
+}
+
+static int check_header_text(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return -1;
+  return 0;
+}
+
+/* Appends the headers of the table at idx (name -> string or list of strings). */
+static void add_headers(lua_State *L, int idx, sl_sb *sb) {
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t nl;
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
+    const char *name = lua_tolstring(L, -2, &nl);
+    if (!nl || check_header_text(name, nl) || memchr(name, ':', nl) || memchr(name, ' ', nl))
+      luaL_error(L, "bad header name '%s'", name);
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 1;
+    for (int i = 1; i <= n; i++) {
+      if (lua_istable(L, -1)) lua_rawgeti(L, -1, i);
+      else lua_pushvalue(L, -1);
+      size_t vl;
+      const char *v = lua_tolstring(L, -1, &vl);
+      if (!v) luaL_error(L, "header '%s' must be a string", name);
+      if (check_header_text(v, vl)) luaL_error(L, "header '%s' may not contain CR, LF or NUL", name);
+      sl_sb_add(sb, name, nl);
+      sl_sb_add(sb, ": ", 2);
+      sl_sb_add(sb, v, vl);
+      sl_sb_add(sb, "\r\n", 2);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* respond(conn, status, body, headers) */
+static int api_respond(lua_State *L) {
+  sl_conn_ud *ud = check_ud(L, 1);
+  int status = (int)luaL_checkinteger(L, 2);
+  size_t len = 0;
+  const char *body = luaL_optlstring(L, 3, "", &len);
+  if (status < 100 || status > 999) return luaL_error(L, "bad status %d", status);
+  sl_sb sb;
+  sl_sb_init(&sb, 128);
+  add_headers(L, 4, &sb);
+  sl_conn *c = live_conn(L, 1);
+  int r = c ? sl_conn_respond(c, status, &sb, body, len) : -EPIPE;
+  sl_sb_free(&sb);
+  (void)ud;
+  if (r == -EALREADY) return luaL_error(L, "the response was already sent");
+  return r ? fail(L, "closed") : (lua_pushboolean(L, 1), 1);
+}
+
+static long long opt_retry(lua_State *L, int idx, long long dflt) {
+  if (lua_isnoneornil(L, idx)) return dflt;
+  lua_Number n = luaL_checknumber(L, idx);
+  if (n < 0 || n != (lua_Number)(long long)n) luaL_error(L, "retry must be a whole number of milliseconds");
+  return (long long)n;
+}
+
+/* start(conn, status, headers, retry, heartbeat): the head of an event stream or raw response. */
+static int api_start(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  check_ud(L, 1);
+  int status = (int)luaL_optinteger(L, 2, 200);
+  long long retry = opt_retry(L, 4, vm->srv->cfg.retry);
+  double heartbeat = luaL_optnumber(L, 5, vm->srv->cfg.heartbeat);
+  sl_sb sb;
+  sl_sb_init(&sb, 256);
+  add_headers(L, 3, &sb);
+  sl_conn *c = live_conn(L, 1);
+  int r = c ? sl_conn_start_stream(c, status, &sb, heartbeat) : -EPIPE;
+  sl_sb_free(&sb);
+  if (r == -EALREADY) return luaL_error(L, "the response was already sent");
+  if (r == 0 && retry >= 0) {
+    sl_sb_init(&sb, 32);
+    sl_sse_retry(&sb, retry);
+    sl_buf *b = sl_sb_finish(&sb);
+    if (b) r = sl_conn_write(c, b);
+    sl_buf_unref(b);
+  }
+  return c ? write_result(L, c, r) : fail(L, "closed");
+}
+
+/* Encodes the event of args (data, id, event, retry) at idx.. into a new buffer; raises on bad fields. */
+static sl_buf *encode_args(lua_State *L, int idx) {
+  size_t len, idlen = 0, evlen = 0;
+  const char *data = luaL_checklstring(L, idx, &len);
+  const char *id = lua_isnoneornil(L, idx + 1) ? NULL : luaL_checklstring(L, idx + 1, &idlen);
+  const char *ev = lua_isnoneornil(L, idx + 2) ? NULL : luaL_checklstring(L, idx + 2, &evlen);
+  long long retry = opt_retry(L, idx + 3, -1);
+  if (id && sl_sse_check_field(id, idlen)) luaL_error(L, "event id may not contain CR, LF or NUL");
+  if (ev && sl_sse_check_field(ev, evlen)) luaL_error(L, "event name may not contain CR, LF or NUL");
+  sl_sb sb;
+  sl_sb_init(&sb, len + idlen + evlen + 32);
+  sl_sse_event(&sb, data, len, id, idlen, ev, evlen, retry);
+  sl_buf *b = sl_sb_finish(&sb);
+  if (!b) luaL_error(L, "out of memory");
+  return b;
+}
+
+/* encode(data, id, event, retry) -> the framed event as a string */
+static int api_encode(lua_State *L) {
+  sl_buf *b = encode_args(L, 1);
+  lua_pushlstring(L, b->data, b->len);
+  sl_buf_unref(b);
+  return 1;
+}
+
+/* send(conn, data, id, event, retry) */
+static int api_send(lua_State *L) {
+  check_ud(L, 1);
+  sl_buf *b = encode_args(L, 2);
+  sl_conn *c = live_conn(L, 1);
+  int r = c ? sl_conn_write(c, b) : -EPIPE;
+  sl_buf_unref(b);
+  return c ? write_result(L, c, r) : fail(L, "closed");
+}
+
+/* write(conn, bytes) */
+static int api_write(lua_State *L) {
+  check_ud(L, 1);
+  size_t len;
+  const char *p = luaL_checklstring(L, 2, &len);
+  sl_conn *c = live_conn(L, 1);
+  if (!c) return fail(L, "closed");
+  if (len == 0) return write_result(L, c, 0);
+  sl_buf *b = sl_buf_from(p, len);
+  int r = b ? sl_conn_write(c, b) : -ENOMEM;
+  sl_buf_unref(b);
+  return write_result(L, c, r);
+}
+
+/* comment(conn, text) */
+static int api_comment(lua_State *L) {
+  check_ud(L, 1);
+  size_t len = 0;
+  const char *text = luaL_optlstring(L, 2, "", &len);
+  sl_conn *c = live_conn(L, 1);
+  if (!c) return fail(L, "closed");
+  sl_sb sb;
+  sl_sb_init(&sb, len + 8);
+  sl_sse_comment(&sb, text, len);
+  sl_buf *b = sl_sb_finish(&sb);
+  int r = b ? sl_conn_write(c, b) : -ENOMEM;
+  sl_buf_unref(b);
+  return write_result(L, c, r);
+}
+
+/* finish(conn): close once everything queued is written */
+static int api_finish(lua_State *L) {
+  sl_conn *c = live_conn(L, 1);
+  if (c) sl_conn_end(c);
+  lua_pushboolean(L, c != NULL);
+  return 1;
+}
+
+/* close(conn): close now-ish: what is queued is still written first */
+static int api_close(lua_State *L) { return api_finish(L); }
+
+/* closed(conn) */
+static int api_closed(lua_State *L) {
+  lua_pushboolean(L, live_conn(L, 1) == NULL);
+  return 1;
+}
+
+static int api_now(lua_State *L) {
+  lua_pushnumber(L, (double)uv_hrtime() / 1e9);
+  return 1;
+}
+
+/* log(level, message) with level 0..3 */
+static int api_log(lua_State *L) {
+  int level = (int)luaL_checkinteger(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  if (level < SL_LOG_ERROR || level > SL_LOG_DEBUG) return luaL_error(L, "bad log level");
+  sl_log(level, "%s", msg);
+  return 0;
+}
+
+static int api_log_enabled(lua_State *L) {
+  lua_pushboolean(L, sl_log_enabled((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* config(key, value): values were checked by sluice.configure. */
+static int api_config(lua_State *L) {
+  sl_config *cfg = &vm_of(L)->srv->cfg;
+  const char *key = luaL_checkstring(L, 1);
+  if (strcmp(key, "retry") == 0) {
+    cfg->retry = opt_retry(L, 2, -1);
+    return 0;
+  }
+  lua_Number v = luaL_checknumber(L, 2);
+  if (v < 0) return luaL_error(L, "%s must not be negative", key);
+  if (strcmp(key, "heartbeat") == 0) cfg->heartbeat = v;
+  else if (strcmp(key, "history") == 0) cfg->history = v;
+  else if (strcmp(key, "history_ttl") == 0) cfg->history_ttl = v;
+  else if (strcmp(key, "queue_limit") == 0) cfg->queue_limit = (size_t)v;
+  else if (strcmp(key, "max_connections") == 0) cfg->max_connections = (unsigned)v;
+  else if (strcmp(key, "max_header") == 0) cfg->max_header = (size_t)v;
+  else if (strcmp(key, "max_body") == 0) cfg->max_body = (size_t)v;
+  else if (strcmp(key, "header_timeout") == 0) cfg->header_timeout = v;
+  else return luaL_error(L, "unknown configuration key '%s'", key);
+  return 0;
+}
+
+/* The handle's fields: id and closed; everything else comes from core.conn_methods. */
+static int conn_index(lua_State *L) {
+  sl_conn_ud *ud = check_ud(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "id") == 0) {
+    lua_pushnumber(L, ud->id);
+    return 1;
+  }
+  if (k && strcmp(k, "closed") == 0) {
+    lua_pushboolean(L, live_conn(L, 1) == NULL);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(2));
+  return 1;
+}
+
+static int conn_tostring(lua_State *L) {
+  sl_conn_ud *ud = check_ud(L, 1);
+  lua_pushfstring(L, "sluice.conn %d%s", (int)ud->id, live_conn(L, 1) ? "" : " (closed)");
+  return 1;
+}
+
+static int open_core(lua_State *L) {
+  sl_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+  static const luaL_Reg fns[] = {
+      {"respond", api_respond}, {"start", api_start},     {"encode", api_encode}, {"send", api_send},
+      {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
+      {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
+      {"config", api_config},   {NULL, NULL}};
+  lua_newtable(L);
+  lua_pushlightuserdata(L, vm);
+  luaL_setfuncs(L, fns, 1);
+  lua_pushlightuserdata(L, &sl_sched_sleep_tag);
+  lua_setfield(L, -2, "SLEEP");
+  lua_pushlightuserdata(L, &sl_sched_wait_tag);
+  lua_setfield(L, -2, "WAIT");
+  lua_pushstring(L, SLUICE_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_setfield(L, -2, "script_dir");
+
+  /* The connection handle's metatable; its methods are filled in by the Lua library. */
+  lua_newtable(L); /* methods */
+  luaL_newmetatable(L, SL_CONN_MT);
+  lua_pushlightuserdata(L, vm);
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, conn_index, 2);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, conn_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "sluice.conn");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+  lua_setfield(L, -2, "conn_methods");
+  return 1;
+}
+
+void sl_api_open(lua_State *L, sl_vm *vm, const char *script_dir) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushlightuserdata(L, vm);
+  lua_pushstring(L, script_dir);
+  lua_pushcclosure(L, open_core, 2);
+  lua_setfield(L, -2, "sluice.core");
+  lua_pop(L, 2);
+}

@@ -1,0 +1,221 @@
+/* lua_vm: the Lua state, script loading, dispatch and protected calls. See lua_vm.h. */
+#include "lua_vm.h"
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "conn.h"
+#include "log.h"
+#include "lua_api.h"
+#include "sched.h"
+#include "server.h"
+
+static char lua_dir[8192];
+
+const char *sl_vm_lua_dir(void) {
+  if (lua_dir[0]) return lua_dir;
+  /* Installed: <prefix>/bin/sluice finds <prefix>/share/sluice/lua. Else the source tree. */
+  char exe[4096];
+  size_t n = sizeof exe;
+  if (uv_exepath(exe, &n) == 0) {
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = '\0';
+      char probe[8192];
+      snprintf(probe, sizeof probe, "%s/../%s/sluice/init.lua", exe, SLUICE_INSTALL_LUA_REL);
+      if (access(probe, R_OK) == 0) {
+        snprintf(lua_dir, sizeof lua_dir, "%s/../%s", exe, SLUICE_INSTALL_LUA_REL);
+        return lua_dir;
+      }
+    }
+  }
+  snprintf(lua_dir, sizeof lua_dir, "%s", SLUICE_SOURCE_LUA_DIR);
+  return lua_dir;
+}
+
+static const char *error_text(lua_State *L, int idx) {
+  const char *m = lua_tostring(L, idx);
+  return m ? m : lua_isnil(L, idx) ? "nil error" : "(error object is not a string)";
+}
+
+static int traceback(lua_State *L) {
+  luaL_traceback(L, L, error_text(L, 1), 1);
+  return 1;
+}
+
+int sl_vm_pcall(lua_State *L, int nargs, const char *what) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  int r = lua_pcall(L, nargs, 0, base);
+  if (r) {
+    sl_error("%s: %s", what, error_text(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_remove(L, base);
+  return r ? -1 : 0;
+}
+
+void sl_vm_log_error(lua_State *co, const char *what) {
+  luaL_traceback(co, co, error_text(co, -1), 0);
+  sl_error("%s error: %s", what, lua_tostring(co, -1));
+  lua_pop(co, 1);
+}
+
+/* Runs what is on L's top protected; on failure copies the message into err. */
+static int load_call(lua_State *L, int nargs, int nres, char *err, size_t errlen) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  int r = lua_pcall(L, nargs, nres, base);
+  if (r) {
+    snprintf(err, errlen, "%s", error_text(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_remove(L, base);
+  return r;
+}
+
+sl_vm *sl_vm_open(sl_server *srv, const char *script, char *err, size_t errlen) {
+  sl_vm *vm = calloc(1, sizeof *vm);
+  if (!vm) return NULL;
+  vm->srv = srv;
+  vm->script = strdup(script);
+  vm->dispatch_ref = vm->gone_ref = LUA_NOREF;
+  lua_State *L = vm->L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "cannot create a Lua state");
+    sl_vm_close(vm);
+    return NULL;
+  }
+  luaL_openlibs(L);
+
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", script);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = '\0';
+  else strcpy(dir, ".");
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;%s", sl_vm_lua_dir(), sl_vm_lua_dir(), dir,
+                  dir, lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 2);
+  sl_api_open(L, vm, dir);
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "sluice");
+  if (load_call(L, 1, 1, err, errlen)) goto fail;
+  lua_getfield(L, -1, "_dispatch");
+  vm->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "_gone");
+  vm->gone_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+
+  if (luaL_loadfile(L, script)) {
+    snprintf(err, errlen, "%s", error_text(L, -1));
+    lua_pop(L, 1);
+    goto fail;
+  }
+  if (load_call(L, 0, 0, err, errlen)) goto fail;
+  return vm;
+fail:
+  sl_vm_close(vm);
+  return NULL;
+}
+
+void sl_vm_close(sl_vm *vm) {
+  if (!vm) return;
+  if (vm->L) lua_close(vm->L);
+  free(vm->script);
+  free(vm);
+}
+
+static void push_request(lua_State *L, sl_conn *c) {
+  sl_req *r = c->req;
+  lua_createtable(L, 0, 12);
+  lua_pushstring(L, llhttp_method_name((llhttp_method_t)c->parser.method));
+  lua_setfield(L, -2, "method");
+  const char *url = r->head;
+  size_t ulen = r->url_len;
+  const char *q = memchr(url, '?', ulen);
+  size_t plen = q ? (size_t)(q - url) : ulen;
+  lua_pushlstring(L, url, plen);
+  lua_setfield(L, -2, "target");
+  lua_pushlstring(L, q ? q + 1 : "", q ? ulen - plen - 1 : 0);
+  lua_setfield(L, -2, "query_string");
+  lua_createtable(L, 0, (int)r->nhdrs);
+  char name[256];
+  for (unsigned i = 0; i < r->nhdrs; i++) {
+    sl_hdr *h = &r->hdrs[i];
+    size_t n = h->name_len < sizeof name ? h->name_len : sizeof name - 1;
+    for (size_t k = 0; k < n; k++) {
+      char ch = r->head[h->name + k];
+      name[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    lua_pushlstring(L, name, n);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isstring(L, -1)) {
+      /* Repeated headers are joined with ", " (RFC 9110 5.3). */
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, r->head + h->value, h->value_len);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, r->head + h->value, h->value_len);
+    }
+    lua_rawset(L, -3);
+  }
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, r->body ? r->body : "", r->body_len);
+  lua_setfield(L, -2, "body");
+  lua_pushstring(L, c->peer);
+  lua_setfield(L, -2, "remote_addr");
+  lua_pushfstring(L, "%d.%d", (int)c->parser.http_major, (int)c->parser.http_minor);
+  lua_setfield(L, -2, "http_version");
+}
+
+void sl_vm_push_conn(sl_vm *vm, lua_State *L, sl_conn *c) {
+  if (c->ud_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
+    return;
+  }
+  sl_conn_ud *ud = lua_newuserdata(L, sizeof *ud);
+  ud->c = c;
+  ud->id = (double)c->id;
+  luaL_getmetatable(L, SL_CONN_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->ud = ud;
+  c->vm = vm;
+}
+
+void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
+  c->vm = vm;
+  sl_task *t = sl_task_new(vm, c);
+  if (!t) {
+    sl_conn_task_done(c, 0);
+    return;
+  }
+  lua_State *co = t->co;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, vm->dispatch_ref);
+  sl_vm_push_conn(vm, co, c);
+  push_request(co, c);
+  sl_task_resume(t, 2);
+}
+
+void sl_vm_conn_gone(sl_vm *vm, sl_conn *c) {
+  if (c->ud_ref == LUA_NOREF) return;
+  lua_State *L = vm->L;
+  ((sl_conn_ud *)c->ud)->c = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
+  sl_vm_pcall(L, 1, "on_close hook");
+  luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
+  c->ud_ref = LUA_NOREF;
+  c->ud = NULL;
+}

@@ -1,0 +1,42 @@
+/* lua_vm: one Lua state: loading the script with the sluice library on the
+ * path, dispatching requests into handler tasks, connection handles and their
+ * close hooks, and protected calls that log a traceback. Uses lua_api and sched. */
+#ifndef SL_LUA_VM_H
+#define SL_LUA_VM_H
+#include <lua.h>
+
+struct sl_server;
+struct sl_conn;
+struct sl_task;
+
+typedef struct sl_vm {
+  lua_State *L;
+  struct sl_server *srv;
+  int dispatch_ref, gone_ref;
+  struct sl_task *tasks;   /* every live task of this state */
+  char *script;
+} sl_vm;
+
+typedef struct sl_conn_ud {
+  struct sl_conn *c;       /* NULL once the connection is gone */
+  double id;
+} sl_conn_ud;
+
+/* Loads script into a new state. NULL on failure with err filled (file:line first). */
+sl_vm *sl_vm_open(struct sl_server *srv, const char *script, char *err, size_t errlen);
+void sl_vm_close(sl_vm *vm);
+/* Serves the request that c has read: runs the dispatcher in a new task. */
+void sl_vm_dispatch(sl_vm *vm, struct sl_conn *c);
+/* Pushes c's handle on L (made on first use). */
+void sl_vm_push_conn(sl_vm *vm, lua_State *L, struct sl_conn *c);
+/* The connection is gone: run its close hooks, release its handle. */
+void sl_vm_conn_gone(sl_vm *vm, struct sl_conn *c);
+/* Calls the function under nargs arguments on L's top, protected; logs the error and
+ * its traceback under what. Leaves nothing on the stack. 0 or -1. */
+int sl_vm_pcall(lua_State *L, int nargs, const char *what);
+/* Logs msg with the traceback of co. */
+void sl_vm_log_error(lua_State *co, const char *what);
+/* The directory of the sluice Lua library. */
+const char *sl_vm_lua_dir(void);
+
+#endif

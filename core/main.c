@@ -1,0 +1,116 @@
+/* main: the command line, start-up and shutdown. Uses server, lua_vm and log. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+#include "log.h"
+#include "lua_vm.h"
+#include "server.h"
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sluice [options] app.lua\n"
+          "\n"
+          "Serves the routes that the Lua script app.lua declares, as HTTP and Server-Sent Events.\n"
+          "\n"
+          "options:\n"
+          "  -l, --listen ADDR:PORT  where to listen (repeatable; default 127.0.0.1:8080)\n"
+          "      --log-level LEVEL   error, warn, info or debug (default info)\n"
+          "  -h, --help              show this help\n"
+          "  -V, --version           show the version\n"
+          "\n"
+          "SIGINT and SIGTERM close every connection and exit.\n");
+}
+
+/* The first line of a message: a start-up error is one line on stderr. */
+static void die_first_line(const char *what, const char *msg) {
+  const char *nl = strchr(msg, '\n');
+  int n = nl ? (int)(nl - msg) : (int)strlen(msg);
+  fprintf(stderr, "sluice: %s%.*s\n", what, n, msg);
+  if (nl && sl_log_enabled(SL_LOG_DEBUG)) fprintf(stderr, "%s\n", nl + 1);
+}
+
+int main(int argc, char **argv) {
+  static const struct option longopts[] = {{"listen", required_argument, NULL, 'l'},
+                                           {"log-level", required_argument, NULL, 'L'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {"version", no_argument, NULL, 'V'},
+                                           {NULL, 0, NULL, 0}};
+  const char *listen[SL_MAX_LISTENERS];
+  int nlisten = 0, ch;
+  while ((ch = getopt_long(argc, argv, "l:hV", longopts, NULL)) != -1) {
+    switch (ch) {
+      case 'l':
+        if (nlisten == SL_MAX_LISTENERS) {
+          fprintf(stderr, "sluice: too many --listen addresses (at most %d)\n", SL_MAX_LISTENERS);
+          return 1;
+        }
+        listen[nlisten++] = optarg;
+        break;
+      case 'L': {
+        int level = sl_log_parse_level(optarg);
+        if (level < 0) {
+          fprintf(stderr, "sluice: bad --log-level '%s' (want error, warn, info or debug)\n", optarg);
+          return 1;
+        }
+        sl_log_set_level(level);
+        break;
+      }
+      case 'h': usage(stdout); return 0;
+      case 'V': printf("sluice %s\n", SLUICE_VERSION); return 0;
+      default: usage(stderr); return 1;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr, "sluice: %s\n", optind >= argc ? "no script given" : "give exactly one script");
+    usage(stderr);
+    return 1;
+  }
+  const char *script = argv[optind];
+  struct stat st;
+  if (stat(script, &st) != 0 || !S_ISREG(st.st_mode)) {
+    fprintf(stderr, "sluice: cannot open script '%s': %s\n", script,
+            stat(script, &st) != 0 ? strerror(errno) : "not a regular file");
+    return 1;
+  }
+  if (nlisten == 0) listen[nlisten++] = "127.0.0.1:8080";
+
+  signal(SIGPIPE, SIG_IGN);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  static sl_server srv;
+  sl_server_init(&srv, &loop);
+
+  char err[4096];
+  srv.vm = sl_vm_open(&srv, script, err, sizeof err);
+  int status = 0;
+  if (!srv.vm) {
+    die_first_line("", err);
+    status = 1;
+    goto out;
+  }
+  for (int i = 0; i < nlisten; i++) {
+    if (sl_server_listen(&srv, listen[i], err, sizeof err)) {
+      fprintf(stderr, "sluice: %s\n", err);
+      status = 1;
+      goto out;
+    }
+    sl_info("listening on http://%s", listen[i]);
+  }
+  sl_server_signals(&srv);
+  sl_info("sluice %s serving %s", SLUICE_VERSION, script);
+  uv_run(&loop, UV_RUN_DEFAULT);
+out:
+  sl_server_stop(&srv);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  sl_vm_close(srv.vm);
+  srv.vm = NULL;
+  /* Lua's close may have closed handles of its own. */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop)) sl_warn("event loop closed with handles still open");
+  return status;
+}

@@ -1,0 +1,33 @@
+/* sched: coroutine tasks: one resume path for every Lua coroutine the gateway
+ * runs (handlers, generators, raw callbacks), which handles sleeps, waits for
+ * queue room, errors and completion. Uses lua_vm and conn. */
+#ifndef SL_SCHED_H
+#define SL_SCHED_H
+#include <lua.h>
+#include <uv.h>
+
+struct sl_conn;
+struct sl_vm;
+
+typedef struct sl_task {
+  uv_timer_t timer;          /* wakes a sleep */
+  struct sl_vm *vm;
+  struct sl_conn *conn;      /* the connection the task serves, NULL once it is gone */
+  lua_State *co;
+  int co_ref;
+  struct sl_task *prev, *next; /* the VM's task list */
+  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1;
+} sl_task;
+
+/* What a coroutine yields to ask the scheduler for something. */
+extern char sl_sched_sleep_tag, sl_sched_wait_tag;
+
+/* A new task with its coroutine anchored; push the function and its arguments on t->co. */
+sl_task *sl_task_new(struct sl_vm *vm, struct sl_conn *c);
+void sl_task_resume(sl_task *t, int nargs);
+/* The connection left: the coroutine is never resumed again. */
+void sl_task_cancel(sl_task *t);
+/* The connection's queue went below its high-water mark. */
+void sl_task_drained(sl_task *t);
+
+#endif

@@ -1,0 +1,110 @@
+/* server: listeners, accept, connection limits, signals, shutdown. See server.h. */
+#include "server.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "conn.h"
+#include "log.h"
+
+void sl_config_defaults(sl_config *cfg) {
+  cfg->heartbeat = 15;
+  cfg->retry = -1;
+  cfg->history = 100;
+  cfg->history_ttl = 3600;
+  cfg->queue_limit = 1u << 20;
+  cfg->max_connections = 100000;
+  cfg->max_header = 8u << 10;
+  cfg->max_body = 1u << 20;
+  cfg->header_timeout = 10;
+}
+
+void sl_server_init(sl_server *srv, uv_loop_t *loop) {
+  memset(srv, 0, sizeof *srv);
+  srv->loop = loop;
+  loop->data = srv;
+  sl_config_defaults(&srv->cfg);
+}
+
+static void on_connection(uv_stream_t *listener, int status) {
+  sl_server *srv = listener->data;
+  if (status < 0) {
+    sl_warn("accept failed: %s", uv_strerror(status));
+    return;
+  }
+  sl_conn_accept(srv, listener);
+}
+
+/* Splits "host:port" / "[v6]:port" / ":port" / "port" into a socket address. */
+static int parse_addr(const char *addr, struct sockaddr_storage *ss) {
+  char host[128];
+  const char *port;
+  const char *colon = strrchr(addr, ':');
+  if (addr[0] == '[') {
+    const char *end = strchr(addr, ']');
+    if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= sizeof host) return UV_EINVAL;
+    memcpy(host, addr + 1, (size_t)(end - addr - 1));
+    host[end - addr - 1] = '\0';
+    port = end + 2;
+  } else if (colon) {
+    if ((size_t)(colon - addr) >= sizeof host) return UV_EINVAL;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    port = colon + 1;
+    if (!host[0]) strcpy(host, "127.0.0.1");
+  } else {
+    strcpy(host, "127.0.0.1");
+    port = addr;
+  }
+  char *end;
+  long p = strtol(port, &end, 10);
+  if (!*port || *end || p < 0 || p > 65535) return UV_EINVAL;
+  if (strchr(host, ':')) return uv_ip6_addr(host, (int)p, (struct sockaddr_in6 *)ss);
+  return uv_ip4_addr(host, (int)p, (struct sockaddr_in *)ss);
+}
+
+int sl_server_listen(sl_server *srv, const char *addr, char *err, size_t errlen) {
+  struct sockaddr_storage ss;
+  if (srv->nlisteners == SL_MAX_LISTENERS) {
+    snprintf(err, errlen, "too many --listen addresses (at most %d)", SL_MAX_LISTENERS);
+    return UV_EINVAL;
+  }
+  int r = parse_addr(addr, &ss);
+  if (r) {
+    snprintf(err, errlen, "bad listen address '%s' (want HOST:PORT)", addr);
+    return r;
+  }
+  uv_tcp_t *t = &srv->listeners[srv->nlisteners];
+  uv_tcp_init(srv->loop, t);
+  t->data = srv;
+  srv->nlisteners++;
+  r = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
+  if (!r) r = uv_listen((uv_stream_t *)t, 1024, on_connection);
+  if (r) snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));
+  return r;
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  sl_server *srv = s->data;
+  sl_info("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  sl_server_stop(srv);
+}
+
+void sl_server_signals(sl_server *srv) {
+  uv_signal_init(srv->loop, &srv->sigint);
+  uv_signal_init(srv->loop, &srv->sigterm);
+  srv->sigint.data = srv->sigterm.data = srv;
+  uv_signal_start(&srv->sigint, on_signal, SIGINT);
+  uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+}
+
+void sl_server_stop(sl_server *srv) {
+  if (srv->stopping) return;
+  srv->stopping = 1;
+  for (int i = 0; i < srv->nlisteners; i++)
+    if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) uv_close((uv_handle_t *)&srv->listeners[i], NULL);
+  if (srv->sigint.data) {
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+  }
+  while (srv->conns) sl_conn_close(srv->conns);
+}

@@ -1,0 +1,51 @@
+/* server: the gateway-wide state (config, listeners, connection list, the
+ * current Lua VM), listening sockets, accept and the connection limit, signals.
+ * Uses conn (for each accepted client) and lua_vm (to serve requests). */
+#ifndef SL_SERVER_H
+#define SL_SERVER_H
+#include <stdint.h>
+#include <uv.h>
+
+struct sl_conn;
+struct sl_vm;
+
+typedef struct sl_config {
+  double heartbeat;        /* seconds between ':' comments on idle streams, 0 = off */
+  long long retry;         /* ms sent as retry: at stream start, -1 = none */
+  double history;          /* events kept per channel */
+  double history_ttl;      /* seconds an event stays in history */
+  size_t queue_limit;      /* bytes queued for one connection before it counts as slow */
+  unsigned max_connections;
+  size_t max_header;
+  size_t max_body;
+  double header_timeout;   /* seconds to send a complete request head */
+} sl_config;
+
+#define SL_MAX_LISTENERS 16
+#define SL_READ_BUF 65536
+
+typedef struct sl_server {
+  uv_loop_t *loop;
+  sl_config cfg;
+  uv_tcp_t listeners[SL_MAX_LISTENERS];
+  int nlisteners;
+  uv_signal_t sigint, sigterm;
+  struct sl_conn *conns;   /* every live connection, for shutdown */
+  unsigned nconns;
+  uint64_t next_conn_id;
+  uint64_t refused;        /* connections refused over max_connections */
+  struct sl_vm *vm;        /* the VM new requests go to */
+  int stopping;
+  char readbuf[SL_READ_BUF]; /* the one read buffer: each read is parsed before the next */
+} sl_server;
+
+void sl_config_defaults(sl_config *cfg);
+void sl_server_init(sl_server *srv, uv_loop_t *loop);
+/* Listens on "host:port" or "[v6]:port". 0, or a negative libuv code with err filled. */
+int sl_server_listen(sl_server *srv, const char *addr, char *err, size_t errlen);
+/* Starts the signal handlers that stop the server. */
+void sl_server_signals(sl_server *srv);
+/* Stops accepting, closes every connection and signal handle; the loop then ends. */
+void sl_server_stop(sl_server *srv);
+
+#endif

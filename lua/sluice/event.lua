@@ -1,0 +1,61 @@
+--- sluice.event: event messages and the rules for what can be sent as one.
+-- A message is data (string, number or table as JSON) with optional id,
+-- event name and retry. The wire framing itself is done in C.
+local type, tostring, error, setmetatable, getmetatable, find, floor =
+  type, tostring, error, setmetatable, getmetatable, string.find, math.floor
+local json = require "sluice.json"
+
+local _M = {}
+local Message = { __name = "sluice.message" }
+Message.__index = Message
+_M.Message = Message
+
+--- The text of an event's data, or nil and why it cannot be sent.
+-- `special` is a lookup of metatables (responses, modes) that are not data.
+function _M.to_data(v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" then return tostring(v) end
+  if t == "table" then
+    local mt = getmetatable(v)
+    if mt ~= nil then return nil, "a " .. (mt.__name or "table with a metatable") end
+    return json.encode(v)
+  end
+  return nil, "a " .. t
+end
+
+local function check_field(name, v, level)
+  if v == nil then return nil end
+  local t = type(v)
+  if t ~= "string" and t ~= "number" then error(name .. " must be a string or a number", level + 1) end
+  v = tostring(v)
+  if find(v, "[\r\n%z]") then error(name .. " may not contain CR, LF or NUL", level + 1) end
+  return v
+end
+
+local function check_retry(v, level)
+  if v == nil then return nil end
+  if type(v) ~= "number" or v < 0 or v ~= floor(v) then
+    error("retry must be a whole number of milliseconds", level + 1)
+  end
+  return v
+end
+_M.check_retry = check_retry
+
+--- sluice.message(data, { id =, event =, retry = })
+function _M.message(data, opts)
+  local text, why = _M.to_data(data)
+  if not text then error("message data must be a string, number or table, not " .. why, 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("message options must be a table", 2) end
+  opts = opts or {}
+  return setmetatable({
+    data = text,
+    id = check_field("id", opts.id, 2),
+    event = check_field("event", opts.event, 2),
+    retry = check_retry(opts.retry, 2),
+  }, Message)
+end
+
+function _M.is_message(v) return getmetatable(v) == Message end
+
+return _M

@@ -1,0 +1,332 @@
+--- sluice: the library route scripts `require`. It declares routes, builds
+-- events and responses, and drives the four SSE modes on top of the C core
+-- (sluice.core). See docs/api.md for the reference.
+local core = require "sluice.core"
+local router = require "sluice.router"
+local event = require "sluice.event"
+local json = require "sluice.json"
+local config = require "sluice.config"
+
+local type, tostring, error, select, pairs, ipairs, setmetatable, getmetatable, xpcall =
+  type, tostring, error, select, pairs, ipairs, setmetatable, getmetatable, xpcall
+local yield, running, resume, status = coroutine.yield, coroutine.running, coroutine.resume, coroutine.status
+local traceback, concat, lower, find = debug.traceback, table.concat, string.lower, string.find
+local c_send, c_start, c_finish, c_respond = core.send, core.start, core.finish, core.respond
+local SLEEP, WAIT = core.SLEEP, core.WAIT
+local to_data, Message = event.to_data, event.Message
+
+local _M = { _VERSION = core.version, json = json }
+local routes = router.new()
+local hooks = {} -- conn -> list of on_close functions
+
+-- ---------------------------------------------------------------- routes
+
+function _M.route(method, pattern, handler) routes:add(method, pattern, handler) end
+for _, m in ipairs { "get", "post", "put", "delete", "patch", "head", "options" } do
+  local M = m:upper()
+  _M[m] = function(pattern, handler) routes:add(M, pattern, handler) end
+end
+
+function _M.configure(t) config.apply(t, core.config, 2) end
+
+-- ---------------------------------------------------------------- values a handler returns
+
+local Response = { __name = "sluice.response" }
+local Mode = { __name = "sluice mode" }
+
+_M.message = event.message
+
+--- sluice.response(status, body, headers): a plain HTTP response.
+function _M.response(st, body, headers)
+  if type(st) ~= "number" or st < 100 or st > 999 or st % 1 ~= 0 then error("bad status: " .. tostring(st), 2) end
+  if headers ~= nil and type(headers) ~= "table" then error("response headers must be a table", 2) end
+  local bt = type(body)
+  if body ~= nil and bt ~= "string" and bt ~= "number" and bt ~= "table" then
+    error("response body must be a string, number or table", 2)
+  end
+  return setmetatable({ status = st, body = body, headers = headers }, Response)
+end
+
+local function check_opts(opts, level)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then error("options must be a table", level + 1) end
+  if opts.headers ~= nil and type(opts.headers) ~= "table" then error("opts.headers must be a table", level + 1) end
+  if opts.retry ~= nil then event.check_retry(opts.retry, level + 1) end
+  if opts.heartbeat ~= nil and (type(opts.heartbeat) ~= "number" or opts.heartbeat < 0) then
+    error("opts.heartbeat must be a number of seconds (0 = off)", level + 1)
+  end
+  if opts.on_close ~= nil and type(opts.on_close) ~= "function" then error("opts.on_close must be a function", level + 1) end
+  return opts
+end
+
+function _M.once(value, opts)
+  local ok, why = to_data(value)
+  if not ok and getmetatable(value) ~= Message then error("sluice.once cannot send " .. why, 2) end
+  return setmetatable({ kind = "once", value = value, opts = check_opts(opts, 2) }, Mode)
+end
+
+function _M.stream(gen, opts)
+  local t = type(gen)
+  if t ~= "function" and t ~= "thread" then error("sluice.stream expects a function or a coroutine", 2) end
+  return setmetatable({ kind = "stream", value = gen, opts = check_opts(opts, 2) }, Mode)
+end
+
+function _M.raw(fn, opts)
+  if type(fn) ~= "function" then error("sluice.raw expects a function", 2) end
+  opts = check_opts(opts, 2)
+  if opts.status ~= nil and (type(opts.status) ~= "number" or opts.status < 100 or opts.status > 999) then
+    error("opts.status must be an HTTP status", 2)
+  end
+  return setmetatable({ kind = "raw", value = fn, opts = opts }, Mode)
+end
+
+-- ---------------------------------------------------------------- utilities
+
+--- Suspends the calling coroutine for secs seconds without blocking the loop.
+function _M.sleep(secs)
+  if type(secs) ~= "number" or secs < 0 then error("sluice.sleep expects a number of seconds", 2) end
+  local _, main = running()
+  if main or running() == nil then error("sluice.sleep called outside a handler, generator, raw callback or timer", 2) end
+  yield(SLEEP, secs)
+end
+
+_M.now = core.now
+
+local function log_at(level)
+  return function(...)
+    if not core.log_enabled(level) then return end
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    core.log(level, concat(parts, " "))
+  end
+end
+_M.log = { error = log_at(0), warn = log_at(1), info = log_at(2), debug = log_at(3) }
+
+-- ---------------------------------------------------------------- connections
+
+local function on_close(conn, fn)
+  if type(fn) ~= "function" then error("on_close expects a function", 3) end
+  if core.closed(conn) then
+    -- Already gone: run it now so a script's bookkeeping still happens once.
+    local ok, err = xpcall(fn, traceback, conn)
+    if not ok then core.log(0, "on_close hook: " .. tostring(err)) end
+    return
+  end
+  local list = hooks[conn]
+  if not list then list = {}; hooks[conn] = list end
+  list[#list + 1] = fn
+end
+
+--- Called by the core once a connection is gone: runs its on_close hooks.
+function _M._gone(conn)
+  local list = hooks[conn]
+  if not list then return end
+  hooks[conn] = nil
+  for i = 1, #list do
+    local ok, err = xpcall(list[i], traceback, conn)
+    if not ok then core.log(0, "on_close hook: " .. tostring(err)) end
+  end
+end
+
+local function send_opts(conn, data, opts)
+  local text, why = to_data(data)
+  if not text then error("cannot send " .. why .. " as an event", 3) end
+  if opts == nil then return c_send(conn, text) end
+  local m = event.message(text, opts)
+  return c_send(conn, m.data, m.id, m.event, m.retry)
+end
+
+local methods = core.conn_methods
+function methods.write(conn, bytes)
+  if type(bytes) ~= "string" then error("conn:write expects a string", 2) end
+  return core.write(conn, bytes)
+end
+function methods.send(conn, data, opts)
+  if getmetatable(data) == Message then return c_send(conn, data.data, data.id, data.event, data.retry) end
+  return send_opts(conn, data, opts)
+end
+function methods.comment(conn, text)
+  if text ~= nil and type(text) ~= "string" then error("conn:comment expects a string", 2) end
+  return core.comment(conn, text)
+end
+function methods.close(conn) core.close(conn) end
+function methods.on_close(conn, fn) on_close(conn, fn) end
+
+-- ---------------------------------------------------------------- the modes
+
+local TEXT = "text/plain; charset=utf-8"
+
+--- Merges extra headers over base, case-insensitively; returns a new table.
+local function merge_headers(base, extra)
+  local out, names = {}, {}
+  for k, v in pairs(base) do out[k] = v; names[lower(k)] = k end
+  if extra then
+    for k, v in pairs(extra) do
+      local old = names[lower(k)]
+      if old then out[old] = nil end
+      out[k] = v
+      names[lower(k)] = k
+    end
+  end
+  return out
+end
+
+local function has_header(h, name)
+  if not h then return false end
+  for k in pairs(h) do if lower(k) == name then return true end end
+  return false
+end
+
+local SSE_HEADERS = {
+  ["Content-Type"] = "text/event-stream; charset=utf-8",
+  ["Cache-Control"] = "no-cache",
+  ["X-Accel-Buffering"] = "no",
+}
+
+--- Sends one value as an event. Returns true, queue_full or nil, "closed"/"overflow".
+local function send_value(conn, v)
+  if getmetatable(v) == Message then return c_send(conn, v.data, v.id, v.event, v.retry) end
+  local text, why = to_data(v)
+  if not text then
+    error("cannot send " .. why .. " as an event (send a string, number, table or sluice.message)", 0)
+  end
+  return c_send(conn, text)
+end
+
+local function start_stream(conn, req, opts, heartbeat, extra)
+  local headers = merge_headers(SSE_HEADERS, opts.headers)
+  if extra then headers = merge_headers(headers, extra) end
+  local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat)
+  if ok and opts.on_close then on_close(conn, opts.on_close) end
+  if ok and req.method == "HEAD" then c_finish(conn); return nil end
+  return ok
+end
+
+local function dead_error(err)
+  return type(err) == "string" and find(err, "cannot resume dead coroutine", 1, true)
+end
+
+--- Returns a function that gives the generator's next value, whatever its kind.
+local function stepper(gen)
+  if type(gen) == "thread" then
+    return function()
+      if status(gen) == "dead" then return nil end
+      local ok, v, a = resume(gen)
+      if not ok then error(traceback(gen, tostring(v)), 0) end
+      return v, a
+    end
+  end
+  return function()
+    local ok, v, a = xpcall(gen, traceback)
+    if not ok then
+      if dead_error(v) then return nil end -- a wrap generator that returned its last value
+      error(v, 0)
+    end
+    return v, a
+  end
+end
+
+local function run_stream(conn, gen)
+  local step = stepper(gen)
+  while true do
+    local v, a = step()
+    while v == SLEEP do -- a sleep inside a nested generator: pass it up to the scheduler
+      yield(SLEEP, a)
+      v, a = step()
+    end
+    if v == nil then break end
+    local ok, full = send_value(conn, v)
+    if not ok then return end
+    if full then yield(WAIT) end
+  end
+  c_finish(conn)
+end
+
+local modes = {}
+
+function modes.once(conn, req, m, cors)
+  if not start_stream(conn, req, m.opts, 0, cors) then return end
+  send_value(conn, m.value)
+  c_finish(conn)
+end
+
+function modes.stream(conn, req, m, cors)
+  if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors) then return end
+  run_stream(conn, m.value)
+end
+
+function modes.raw(conn, req, m, cors)
+  if not start_stream(conn, req, m.opts, m.opts.heartbeat or 0, cors) then return end
+  m.value(conn)
+end
+
+local function respond(conn, req, res, cors)
+  local body, headers = res.body, res.headers
+  if type(body) == "table" then
+    body = json.encode(body)
+    if not has_header(headers, "content-type") then headers = merge_headers({ ["Content-Type"] = "application/json" }, headers) end
+  elseif body == nil then
+    body = ""
+  else
+    body = tostring(body)
+    if body ~= "" and not has_header(headers, "content-type") then headers = merge_headers({ ["Content-Type"] = TEXT }, headers) end
+  end
+  if cors then headers = merge_headers(headers or {}, cors) end
+  c_respond(conn, res.status, body, headers)
+end
+
+local function deliver(conn, req, res, cors)
+  if res == nil then return c_respond(conn, 204, "", cors) end
+  local mt = getmetatable(res)
+  if mt == Response then return respond(conn, req, res, cors) end
+  if mt == Mode then return modes[res.kind](conn, req, res, cors) end
+  local t = type(res)
+  if t == "function" or t == "thread" then return modes.stream(conn, req, { value = res, opts = {} }, cors) end
+  if mt == Message or to_data(res) then return modes.once(conn, req, { value = res, opts = {} }, cors) end
+  error("handler returned " .. (select(2, to_data(res))) .. ", which is neither an event nor a response", 0)
+end
+
+local function plain(conn, st, text, headers)
+  headers = merge_headers({ ["Content-Type"] = TEXT }, headers)
+  c_respond(conn, st, text, headers)
+end
+
+--- Called by the core in a new coroutine for each request.
+function _M._dispatch(conn, req)
+  local segs, path = router.split(req.target)
+  local query = segs and router.parse_query(req.query_string)
+  if not query then return plain(conn, 400, "Bad Request\n") end
+  req.path, req.query = path, query
+  local leid = req.headers["last-event-id"] or query.lastEventId
+  if type(leid) == "table" then leid = leid[#leid] end
+  req.last_event_id = leid
+
+  local cors
+  if config.values.cors ~= nil then
+    local origin = config.cors_origin(req.headers.origin)
+    if origin then
+      cors = { ["Access-Control-Allow-Origin"] = origin }
+      if origin ~= "*" then cors["Vary"] = "Origin" end
+    end
+  end
+
+  local route, params = routes:match(req.method, segs)
+  if not route then
+    if params and req.method == "OPTIONS" and cors then
+      local h = merge_headers(cors, {
+        ["Access-Control-Allow-Methods"] = params,
+        ["Access-Control-Allow-Headers"] = req.headers["access-control-request-headers"] or "Last-Event-ID, Content-Type",
+        ["Access-Control-Max-Age"] = "600",
+      })
+      return c_respond(conn, 204, "", h)
+    end
+    if params then return plain(conn, 405, "Method Not Allowed\n", merge_headers(cors or {}, { Allow = params })) end
+    return plain(conn, 404, "Not Found\n", cors)
+  end
+  req.params = params
+  req.target, req.query_string = nil, nil
+  return deliver(conn, req, route.handler(req), cors)
+end
+
+return _M

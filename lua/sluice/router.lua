@@ -1,0 +1,148 @@
+--- sluice.router: route patterns, matching, and URL decoding.
+-- Patterns are literal segments, `:name` (one segment) and a trailing `*`
+-- (the rest of the path). Routes match in the order they were declared.
+local type, error, tonumber, char, concat = type, error, tonumber, string.char, table.concat
+local setmetatable, upper, byte, sub, find, gsub = setmetatable, string.upper, string.byte, string.sub, string.find, string.gsub
+
+local _M = {}
+local mt = { __index = _M }
+
+--- Percent-decodes s; with plus = true a '+' is a space (query strings).
+-- Returns nil for a malformed escape.
+function _M.decode(s, plus)
+  if plus and find(s, "+", 1, true) then s = gsub(s, "+", " ") end
+  if not find(s, "%", 1, true) then return s end
+  if find(s, "%%%X") or find(s, "%%%x%X") or find(s, "%%%x?$") then return nil end
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+--- Splits a request target into decoded path segments.
+-- Returns the segment list and the decoded path, or nil for a target that is
+-- not an absolute path or has a malformed escape.
+function _M.split(target)
+  if byte(target, 1) ~= 47 then -- '/'
+    -- absolute-form (http://host/path) is allowed by RFC 9112; keep only the path
+    local path = target:match("^[hH][tT][tT][pP][sS]?://[^/]*(/.*)$")
+    if not path then return nil end
+    target = path
+  end
+  local segs, n, pos = {}, 0, 2
+  while true do
+    local slash = find(target, "/", pos, true)
+    local raw = sub(target, pos, slash and slash - 1 or -1)
+    local seg = _M.decode(raw)
+    if not seg then return nil end
+    n = n + 1
+    segs[n] = seg
+    if not slash then break end
+    pos = slash + 1
+  end
+  if n == 1 and segs[1] == "" then segs[1] = nil end
+  return segs, "/" .. concat(segs, "/")
+end
+
+--- Parses a query string into a table; a key given twice becomes a list.
+-- Returns nil for a malformed escape.
+function _M.parse_query(qs)
+  local q = {}
+  if qs == nil or qs == "" then return q end
+  for pair in qs:gmatch("[^&]+") do
+    local eq = find(pair, "=", 1, true)
+    local k = _M.decode(eq and sub(pair, 1, eq - 1) or pair, true)
+    local v = eq and _M.decode(sub(pair, eq + 1), true) or ""
+    if not k or not v then return nil end
+    local old = q[k]
+    if old == nil then q[k] = v
+    elseif type(old) == "table" then old[#old + 1] = v
+    else q[k] = { old, v } end
+  end
+  return q
+end
+
+local function compile(pattern)
+  if type(pattern) ~= "string" or byte(pattern, 1) ~= 47 then
+    error("route pattern must be a string starting with '/': " .. tostring(pattern), 3)
+  end
+  local segs = {}
+  local parts = {}
+  for part in (pattern .. "/"):sub(2):gmatch("([^/]*)/") do parts[#parts + 1] = part end
+  if #parts == 1 and parts[1] == "" then parts = {} end
+  for i, part in ipairs(parts) do
+    if part == "*" then
+      if i ~= #parts then error("'*' may only end a route pattern: " .. pattern, 3) end
+      segs[i] = { rest = true }
+    elseif byte(part, 1) == 58 then -- ':'
+      local name = sub(part, 2)
+      if name == "" then error("empty capture name in route pattern: " .. pattern, 3) end
+      segs[i] = { param = name }
+    else
+      segs[i] = { lit = part }
+    end
+  end
+  return segs
+end
+
+function _M.new()
+  return setmetatable({ routes = {}, seen = {} }, mt)
+end
+
+--- Adds a route; declaring the same method and pattern twice is an error.
+function _M:add(method, pattern, handler)
+  if type(method) ~= "string" or method == "" then error("route method must be a string", 2) end
+  if type(handler) ~= "function" and not (type(handler) == "table" and getmetatable(handler) and getmetatable(handler).__call) then
+    error("route handler must be a function", 2)
+  end
+  method = upper(method)
+  local key = method .. " " .. tostring(pattern)
+  if self.seen[key] then error("route declared twice: " .. key, 2) end
+  self.seen[key] = true
+  local routes = self.routes
+  routes[#routes + 1] = { method = method, pattern = pattern, segs = compile(pattern), handler = handler }
+end
+
+local function match_segs(rsegs, segs)
+  local params
+  local n = #segs
+  for i = 1, #rsegs do
+    local r = rsegs[i]
+    if r.rest then
+      params = params or {}
+      params["*"] = concat(segs, "/", i, n)
+      return params
+    end
+    local s = segs[i]
+    if s == nil then return nil end
+    if r.lit then
+      if r.lit ~= s then return nil end
+    else
+      if s == "" then return nil end
+      params = params or {}
+      params[r.param] = s
+    end
+  end
+  if n ~= #rsegs then return nil end
+  return params or {}
+end
+
+--- Finds the first route for method and path segments.
+-- Returns route, params; or nil, allow (a comma list of methods the path has,
+-- nil when no route matches the path at all).
+function _M:match(method, segs)
+  local allow, seen
+  for i = 1, #self.routes do
+    local r = self.routes[i]
+    local params = match_segs(r.segs, segs)
+    if params then
+      if r.method == method or r.method == "*" or (method == "HEAD" and r.method == "GET") then
+        return r, params
+      end
+      allow, seen = allow or {}, seen or {}
+      local m = r.method
+      if not seen[m] then seen[m] = true; allow[#allow + 1] = m end
+      if m == "GET" and not seen.HEAD then seen.HEAD = true; allow[#allow + 1] = "HEAD" end
+    end
+  end
+  return nil, allow and concat(allow, ", ")
+end
+
+return _M
