@@ -49,7 +49,8 @@ function _M.parse_query(qs)
   for pair in qs:gmatch("[^&]+") do
     local eq = find(pair, "=", 1, true)
     local k = _M.decode(eq and sub(pair, 1, eq - 1) or pair, true)
-    local v = eq and _M.decode(sub(pair, eq + 1), true) or ""
+    local v = ""
+    if eq then v = _M.decode(sub(pair, eq + 1), true) end
     if not k or not v then return nil end
     local old = q[k]
     if old == nil then q[k] = v

@@ -1,0 +1,325 @@
+-- The core gateway against the real binary: command line, HTTP/1.1, limits,
+-- routing, the request table, plain responses and one-off events.
+local gw = require "gateway"
+local json = require "cjson"
+
+describe("command line", function()
+  it("prints help and version", function()
+    local code, out = gw.run({ "--version" })
+    assert.equal(0, code)
+    code = gw.run({ "--help" })
+    assert.equal(0, code)
+  end)
+
+  it("refuses a missing script with one line and status 1", function()
+    local code, err = gw.run({ "/nonexistent/app.lua" })
+    assert.equal(1, code)
+    assert.matches("^sluice: cannot open script '/nonexistent/app.lua': No such file or directory\n$", err)
+  end)
+
+  it("reports a syntax error with file:line and status 1", function()
+    local path = gw.write_file(gw.tmpname(".lua"), "local sluice = require 'sluice'\n\nlocal x = = 1\n")
+    local code, err = gw.run({ path })
+    os.remove(path)
+    assert.equal(1, code)
+    assert.matches("^sluice: [^\n]*%.lua:3: [^\n]+\n$", err)
+  end)
+
+  it("reports a runtime error at load time with file:line and status 1", function()
+    local path = gw.write_file(gw.tmpname(".lua"), "local sluice = require 'sluice'\nsluice.configure { bogus = 1 }\n")
+    local code, err = gw.run({ path })
+    os.remove(path)
+    assert.equal(1, code)
+    assert.matches("^sluice: [^\n]*%.lua:2: unknown configuration key 'bogus'\n$", err)
+  end)
+
+  it("reports a port in use with status 1", function()
+    local s = gw.start("spec/fixtures/core_app.lua")
+    local code, err = gw.run({ "--listen", "127.0.0.1:" .. s.port, "spec/fixtures/core_app.lua" })
+    s:stop()
+    assert.equal(1, code)
+    assert.matches("^sluice: cannot listen on 127%.0%.0%.1:%d+: address already in use\n$", err)
+  end)
+
+  it("refuses a bad option value", function()
+    local code, err = gw.run({ "--log-level", "loud", "spec/fixtures/core_app.lua" })
+    assert.equal(1, code)
+    assert.matches("bad %-%-log%-level", err)
+    code, err = gw.run({ "--listen", "nowhere", "spec/fixtures/core_app.lua" })
+    assert.equal(1, code)
+    assert.matches("bad listen address", err)
+  end)
+
+  it("listens on several addresses and stops cleanly on SIGINT", function()
+    local extra = gw.free_port()
+    local s = gw.start("spec/fixtures/core_app.lua", { args = { "--listen", "127.0.0.1:" .. extra } })
+    local other = setmetatable({ port = extra }, getmetatable(s))
+    assert.equal("ok", other:request("GET", "/health").body)
+    assert.equal("ok", s:request("GET", "/health").body)
+    s:signal(require("posix.signal").SIGINT)
+    assert.equal(0, s:stop())
+  end)
+end)
+
+describe("HTTP/1.1", function()
+  local s
+  setup(function() s = gw.start("spec/fixtures/core_app.lua") end)
+  teardown(function() s:stop() end)
+
+  it("keeps a connection alive across requests", function()
+    local c = s:connect()
+    for i = 1, 3 do
+      c:send("GET /users/" .. i .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+      local res = assert(c:read_response())
+      assert.equal(200, res.status)
+      assert.equal("user " .. i, res.body)
+      assert.is_nil(res.headers.connection)
+    end
+    c:close()
+  end)
+
+  it("answers pipelined requests in order, even when an earlier handler sleeps", function()
+    local c = s:connect()
+    c:send("GET /slow?s=0.1&tag=a HTTP/1.1\r\nHost: x\r\n\r\n" ..
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" ..
+      "GET /slow?s=0&tag=c HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.equal("slept a", c:read_response().body)
+    assert.equal("hello", c:read_response().body)
+    assert.equal("slept c", c:read_response().body)
+    c:close()
+  end)
+
+  it("reads a chunked request body", function()
+    local res = s:raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+      "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert.equal(201, res.status)
+    assert.equal("hello world", res.body)
+    assert.equal("11", res.headers["x-len"])
+    res.client:close()
+  end)
+
+  it("closes after a response to Connection: close and to HTTP/1.0", function()
+    local res = s:raw("GET /users/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert.equal("close", res.headers.connection)
+    assert.is_true(res.client:closed_by_peer())
+    res = s:raw("GET /users/1 HTTP/1.0\r\n\r\n")
+    assert.equal(200, res.status)
+    assert.is_true(res.client:closed_by_peer())
+  end)
+
+  local function rejected(bytes, status)
+    local res = s:raw(bytes)
+    assert.equal(status, res.status)
+    assert.equal("close", res.headers.connection)
+    assert.is_true(res.client:closed_by_peer())
+  end
+
+  it("rejects malformed requests with 400 and closes", function()
+    rejected("GARBAGE\r\n\r\n", 400)
+    rejected("GET / HTTP/9.9\r\n\r\n", 400)
+    rejected("GET /hello HTTP/1.1\r\nBad Header\r\n\r\n", 400)
+    rejected("\0\1\2\3\r\n\r\n", 400)
+  end)
+
+  it("rejects smuggling: Content-Length with Transfer-Encoding, or two Content-Lengths", function()
+    rejected("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400)
+    rejected("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400)
+    rejected("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400)
+  end)
+
+  it("answers 431 past max_header and 413 past max_body", function()
+    rejected("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " .. ("a"):rep(3000) .. "\r\n\r\n", 431)
+    rejected("GET /" .. ("a"):rep(3000) .. " HTTP/1.1\r\n\r\n", 431)
+    rejected("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 413)
+    local chunk = ("b"):rep(3000)
+    rejected("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+      ("%x\r\n%s\r\n"):format(#chunk, chunk):rep(2) .. "0\r\n\r\n", 413)
+  end)
+
+  it("closes a connection whose request head is not complete in header_timeout", function()
+    local c = s:connect()
+    c:send("GET /hello HTTP/1.1\r\nHost: x\r\n")
+    assert.is_true(c:closed_by_peer(5))
+  end)
+
+  it("survives random bytes", function()
+    math.randomseed(1234)
+    for _ = 1, 50 do
+      local t = {}
+      for i = 1, math.random(1, 400) do t[i] = string.char(math.random(0, 255)) end
+      local c = s:connect()
+      c:send(table.concat(t) .. "\r\n\r\n")
+      c:closed_by_peer(3)
+      c:close()
+    end
+    assert.equal("ok", s:request("GET", "/health").body)
+  end)
+end)
+
+describe("max_connections", function()
+  it("refuses connections over the limit with 503", function()
+    local s = gw.start("local sluice = require 'sluice'\nsluice.configure { max_connections = 2 }\n" ..
+      "sluice.get('/h', function() return sluice.response(200, 'ok') end)\n", { source = true })
+    local a, b = s:connect(), s:connect()
+    gw.wait_for(function() return s:logs():find("conn 2", 1, true) or true end)
+    local res = s:raw("GET /h HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.equal(503, res.status)
+    assert.is_true(res.client:closed_by_peer())
+    a:close()
+    b:close()
+    gw.wait_for(function()
+      local r = s:request("GET", "/h")
+      return r and r.status == 200
+    end, 5, "a free slot")
+    s:stop()
+  end)
+end)
+
+describe("routes and requests", function()
+  local s
+  setup(function() s = gw.start("spec/fixtures/core_app.lua") end)
+  teardown(function() s:stop() end)
+
+  it("matches captures, rest patterns, first declared wins", function()
+    assert.equal("user 42", s:request("GET", "/users/42").body)
+    assert.equal("user me", s:request("GET", "/users/me").body)
+    assert.equal("rest=a/b/c.txt", s:request("GET", "/files/a/b/c.txt").body)
+    assert.equal("rest=", s:request("GET", "/files/").body)
+    assert.equal("PATCH", s:request("PATCH", "/any").body)
+  end)
+
+  it("answers 404 and 405 with Allow", function()
+    assert.equal(404, s:request("GET", "/missing").status)
+    local res = s:request("POST", "/items/3")
+    assert.equal(405, res.status)
+    assert.equal("PUT, DELETE", res.headers.allow)
+    assert.equal(204, s:request("PUT", "/items/3").status)
+    assert.equal("GET, HEAD, POST", s:request("PATCH", "/echo").headers.allow)
+  end)
+
+  it("builds the request table", function()
+    local c = s:connect()
+    c:send("GET /ech%6F?a=1&b=x%20y&b=z&plus=a+b&lastEventId=q HTTP/1.1\r\nHost: x\r\n" ..
+      "X-Multi: one\r\nx-multi: two\r\nLast-Event-ID: 99\r\nContent-Length: 3\r\n\r\nabc")
+    local res = assert(c:read_response())
+    c:close()
+    local r = json.decode(res.body)
+    assert.equal("GET", r.method)
+    assert.equal("/echo", r.path)
+    assert.same({ a = "1", b = { "x y", "z" }, plus = "a b", lastEventId = "q" }, r.query)
+    assert.equal("one, two", r.headers["x-multi"])
+    assert.equal("x", r.headers.host)
+    assert.equal("abc", r.body)
+    assert.equal("99", r.last_event_id)
+    assert.equal("127.0.0.1", r.remote_addr)
+    assert.equal("application/json", res.headers["content-type"])
+  end)
+
+  it("takes last_event_id from the query when there is no header", function()
+    local r = json.decode(s:request("GET", "/echo?lastEventId=17").body)
+    assert.equal("17", r.last_event_id)
+    r = json.decode(s:request("GET", "/echo").body)
+    assert.is_nil(r.last_event_id)
+  end)
+
+  it("decodes percent-escapes per segment and rejects bad ones", function()
+    assert.equal("user a/b", s:request("GET", "/users/a%2Fb").body)
+    assert.equal(400, s:request("GET", "/users/%zz").status)
+    assert.equal(400, s:request("GET", "/echo?x=%4").status)
+  end)
+
+  it("runs every handler in a coroutine of its own", function()
+    for _ = 1, 3 do assert.equal("fresh", s:request("GET", "/co").body) end
+  end)
+
+  it("answers HEAD like GET without a body", function()
+    local c = s:connect()
+    c:send("HEAD /users/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    local res = {}
+    res.status, res.headers = c:read_head()
+    c:send("GET /users/6 HTTP/1.1\r\nHost: x\r\n\r\n")
+    res.body = c:read_response().body
+    res.client = c
+    assert.equal(200, res.status)
+    assert.equal("6", res.headers["content-length"])
+    -- no body came: the next response follows the head directly
+    assert.equal("user 6", res.body)
+    res.client:close()
+  end)
+
+  it("gives 500 for a handler error, logs the traceback, and goes on", function()
+    local res = s:request("GET", "/boom")
+    assert.equal(500, res.status)
+    assert.equal("ok", s:request("GET", "/health").body)
+    local logs = gw.wait_for(function()
+      local l = s:logs()
+      return l:find("kaboom", 1, true) and l
+    end)
+    assert.matches("core_app%.lua:%d+: kaboom", logs)
+    assert.matches("stack traceback:", logs)
+    assert.equal(500, s:request("GET", "/bad-return").status)
+    assert.matches("handler returned a boolean", s:logs())
+  end)
+
+  it("writes one access line per request", function()
+    s:request("GET", "/users/77")
+    gw.wait_for(function() return s:logs():find("127.0.0.1 GET /users/77 200 %d+ [%d.]+ms") end, 5, "access line")
+  end)
+end)
+
+describe("one-off events", function()
+  local s
+  setup(function() s = gw.start("spec/fixtures/core_app.lua") end)
+  teardown(function() s:stop() end)
+
+  local function once(path)
+    local c = s:sse(path)
+    local ev = c:read_event()
+    local closed = c:closed_by_peer()
+    c:close()
+    return c, ev, closed
+  end
+
+  it("sends a string as one event with the SSE headers, then ends the stream", function()
+    local c, ev, closed = once("/hello")
+    assert.equal(200, c.status)
+    assert.equal("text/event-stream; charset=utf-8", c.headers["content-type"])
+    assert.equal("no-cache", c.headers["cache-control"])
+    assert.equal("no", c.headers["x-accel-buffering"])
+    assert.is_nil(c.headers["content-length"])
+    assert.equal("Hello, world!", ev.data)
+    assert.is_true(closed)
+    assert.equal("", c.buf)
+  end)
+
+  it("sends numbers as text and tables as JSON", function()
+    local _, ev = once("/number")
+    assert.equal("42", ev.data)
+    _, ev = once("/table")
+    assert.same({ a = 1, list = { 1, 2, 3 } }, json.decode(ev.data))
+  end)
+
+  it("sends a message with id, event, retry and multi-line data", function()
+    local c = s:sse("/message")
+    local ev = c:read_event()
+    c:close()
+    assert.equal("7", ev.id)
+    assert.equal("note", ev.event)
+    assert.equal(2500, ev.retry)
+    assert.equal("line1\nline2", ev.data)
+  end)
+
+  it("takes headers and retry from sluice.once options", function()
+    local c = s:sse("/once-opts")
+    assert.equal("yes", c.headers["x-extra"])
+    local first = c:read_event()
+    assert.equal(1000, first.retry)
+    local ev = c:read_event()
+    assert.equal("x", ev.data)
+    c:close()
+  end)
+
+  it("answers 204 when a handler returns nil", function()
+    assert.equal(204, s:request("GET", "/nothing").status)
+  end)
+end)

@@ -1,0 +1,16 @@
+local json = require "sluice.json"
+
+describe("sluice.json", function()
+  it("round-trips tables", function()
+    assert.same({ a = { 1, 2, 3 }, b = "x" }, json.decode(json.encode({ a = { 1, 2, 3 }, b = "x" })))
+  end)
+  it("returns nil and a message for bad text instead of raising", function()
+    local v, err = json.decode("{bad")
+    assert.is_nil(v)
+    assert.is_string(err)
+    assert.is_nil((json.decode(nil)))
+  end)
+  it("raises when asked to encode a function", function()
+    assert.has_error(function() json.encode({ f = function() end }) end)
+  end)
+end)
