@@ -35,11 +35,19 @@ function _M.read_file(path)
   return s
 end
 
+local handed_out = {}
+--- A loopback port nothing listens on, never the same one twice in a run.
 function _M.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+  while true do
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    port = tonumber(port)
+    if not handed_out[port] then
+      handed_out[port] = true
+      return port
+    end
+  end
 end
 
 --- Waits until fn() returns a true value or the deadline passes; returns that value.
@@ -127,9 +135,9 @@ function Server:logs() return _M.read_file(self.log) end
 
 --- Sends SIGTERM and waits for the exit; returns the exit code. Fails the spec
 -- when valgrind reported errors or leaks.
-function Server:stop()
+function Server:stop(no_signal)
   if not self.pid then return self.code end
-  psignal.kill(self.pid, psignal.SIGTERM)
+  if not no_signal then psignal.kill(self.pid, psignal.SIGTERM) end
   local deadline = socket.gettime() + 10 * SLOW
   local how, code
   while true do
@@ -139,7 +147,7 @@ function Server:stop()
     if socket.gettime() > deadline then
       psignal.kill(self.pid, psignal.SIGKILL)
       wait.wait(self.pid)
-      error("sluice did not stop on SIGTERM:\n" .. self:logs())
+      error("sluice did not stop on its signal:\n" .. self:logs())
     end
     socket.sleep(0.01)
   end

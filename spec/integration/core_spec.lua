@@ -54,10 +54,12 @@ describe("command line", function()
     local extra = gw.free_port()
     local s = gw.start("spec/fixtures/core_app.lua", { args = { "--listen", "127.0.0.1:" .. extra } })
     local other = setmetatable({ port = extra }, getmetatable(s))
+    -- the listeners open one after another: wait for the second too
+    gw.wait_for(function() return pcall(other.connect, other) end, 10, "the second listener")
     assert.equal("ok", other:request("GET", "/health").body)
     assert.equal("ok", s:request("GET", "/health").body)
     s:signal(require("posix.signal").SIGINT)
-    assert.equal(0, s:stop())
+    assert.equal(0, s:stop(true))
   end)
 end)
 

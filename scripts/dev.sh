@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# dev.sh: installs what Sluice needs on Debian 12, builds it, and runs it or its tests.
+#   bash scripts/dev.sh run [sluice options]   build, then serve examples/hello.lua on 127.0.0.1:8080
+#   bash scripts/dev.sh test                   build twice (ASan+UBSan, then normal) and run every test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(build-essential cmake pkg-config libluajit2-5.1-dev luajit2 libuv1-dev node-llhttp
+      lua-busted lua-socket lua-cjson lua-posix valgrind)
+
+install_deps() {
+  local missing=() p
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "dev.sh: installing ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() {
+  local dir=$1
+  shift
+  cmake -S . -B "$dir" "$@" >/dev/null
+  cmake --build "$dir" -j"$(nproc)"
+}
+
+case "${1:-}" in
+  run)
+    shift
+    install_deps
+    build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    echo "Sluice serves examples/hello.lua on http://127.0.0.1:8080 (Ctrl-C stops it)."
+    echo "Try: curl -N http://127.0.0.1:8080/hello"
+    exec ./build/sluice "$@" examples/hello.lua
+    ;;
+  test)
+    install_deps
+    build build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
+    (cd build-asan && ctest --output-on-failure)
+    build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_VALGRIND_TESTS=ON
+    cd build && ctest --output-on-failure
+    ;;
+  *)
+    sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
