@@ -6,6 +6,8 @@
  * and go out as one uv_write of everything queued. */
 #include "conn.h"
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <lauxlib.h>
@@ -205,6 +207,11 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
   if (r == 0 && heartbeat > 0) {
     uint64_t ms = (uint64_t)(heartbeat * 1000);
     uv_timer_start(&c->timer, on_heartbeat, ms ? ms : 1, ms ? ms : 1);
+    /* A peer that vanished without a FIN never acknowledges the heartbeats: let the
+     * kernel fail the connection once they go unacknowledged this long. */
+    uv_os_fd_t fd;
+    unsigned int uto = (unsigned int)(heartbeat * 2000 < 10000 ? 10000 : heartbeat * 2000);
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
   }
   return r;
 }

@@ -245,6 +245,33 @@ static int api_config(lua_State *L) {
   return 0;
 }
 
+/* timer(after, repeat, fn) -> a timer handle with :stop() */
+static int api_timer(lua_State *L) {
+  double after = luaL_checknumber(L, 1), repeat = luaL_checknumber(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (after < 0 || repeat < 0) return luaL_error(L, "timer intervals must not be negative");
+  sl_timer **ud = lua_newuserdata(L, sizeof *ud);
+  *ud = NULL;
+  luaL_getmetatable(L, SL_TIMER_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 3);
+  *ud = sl_timer_start(vm_of(L), L, after, repeat);
+  if (!*ud) return luaL_error(L, "out of memory");
+  return 1;
+}
+
+static int timer_stop(lua_State *L) {
+  sl_timer **ud = luaL_checkudata(L, 1, SL_TIMER_MT);
+  if (*ud) sl_timer_stop(*ud);
+  return 0;
+}
+
+static int timer_active(lua_State *L) {
+  sl_timer **ud = luaL_checkudata(L, 1, SL_TIMER_MT);
+  lua_pushboolean(L, *ud != NULL);
+  return 1;
+}
+
 /* The handle's fields: id and closed; everything else comes from core.conn_methods. */
 static int conn_index(lua_State *L) {
   sl_conn_ud *ud = check_ud(L, 1);
@@ -274,7 +301,7 @@ static int open_core(lua_State *L) {
       {"respond", api_respond}, {"start", api_start},     {"encode", api_encode}, {"send", api_send},
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
-      {"config", api_config},   {NULL, NULL}};
+      {"config", api_config},   {"timer", api_timer},     {NULL, NULL}};
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);
@@ -300,6 +327,15 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   lua_setfield(L, -2, "conn_methods");
+
+  luaL_newmetatable(L, SL_TIMER_MT);
+  lua_newtable(L);
+  lua_pushcfunction(L, timer_stop);
+  lua_setfield(L, -2, "stop");
+  lua_pushcfunction(L, timer_active);
+  lua_setfield(L, -2, "active");
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
   return 1;
 }
 

@@ -8,6 +8,7 @@
 struct sl_vm;
 
 #define SL_CONN_MT "sluice.conn"
+#define SL_TIMER_MT "sluice.timer"
 
 /* Registers sluice.core in package.preload for vm's state. */
 void sl_api_open(lua_State *L, struct sl_vm *vm, const char *script_dir);

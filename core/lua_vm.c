@@ -133,6 +133,15 @@ void sl_vm_close(sl_vm *vm) {
   free(vm);
 }
 
+void sl_vm_stop(sl_vm *vm) {
+  while (vm->timers) sl_timer_stop(vm->timers);
+  /* Tasks of connections end with their connection; the others (timer bodies) end here. */
+  for (sl_task *t = vm->tasks, *next; t; t = next) {
+    next = t->next;
+    if (!t->conn) sl_task_cancel(t);
+  }
+}
+
 static void push_request(lua_State *L, sl_conn *c) {
   sl_req *r = c->req;
   lua_createtable(L, 0, 12);

@@ -8,12 +8,14 @@
 struct sl_server;
 struct sl_conn;
 struct sl_task;
+struct sl_timer;
 
 typedef struct sl_vm {
   lua_State *L;
   struct sl_server *srv;
   int dispatch_ref, gone_ref;
   struct sl_task *tasks;   /* every live task of this state */
+  struct sl_timer *timers; /* every running timer of this state */
   char *script;
 } sl_vm;
 
@@ -25,6 +27,8 @@ typedef struct sl_conn_ud {
 /* Loads script into a new state. NULL on failure with err filled (file:line first). */
 sl_vm *sl_vm_open(struct sl_server *srv, const char *script, char *err, size_t errlen);
 void sl_vm_close(sl_vm *vm);
+/* Stops the state's timers and cancels its tasks (shutdown, or the state was replaced). */
+void sl_vm_stop(sl_vm *vm);
 /* Serves the request that c has read: runs the dispatcher in a new task. */
 void sl_vm_dispatch(sl_vm *vm, struct sl_conn *c);
 /* Pushes c's handle on L (made on first use). */

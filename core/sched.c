@@ -104,3 +104,51 @@ void sl_task_drained(sl_task *t) {
   t->waiting = 0;
   sl_task_resume(t, 0);
 }
+
+/* ---- timers ---- */
+
+static void on_timer_closed(uv_handle_t *h) { free(h->data); }
+
+static void on_timer(uv_timer_t *h) {
+  sl_timer *tm = h->data;
+  int once = uv_timer_get_repeat(h) == 0;
+  sl_task *t = sl_task_new(tm->vm, NULL);
+  if (t) {
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, tm->fn_ref);
+    sl_task_resume(t, 0);
+  }
+  if (once) sl_timer_stop(tm);
+}
+
+sl_timer *sl_timer_start(sl_vm *vm, lua_State *L, double after, double repeat) {
+  sl_timer *tm = calloc(1, sizeof *tm);
+  if (!tm) return NULL;
+  tm->vm = vm;
+  tm->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, -1);
+  tm->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_timer_init(vm->srv->loop, &tm->h);
+  tm->h.data = tm;
+  tm->next = vm->timers;
+  if (vm->timers) vm->timers->prev = tm;
+  vm->timers = tm;
+  uint64_t first = (uint64_t)(after * 1000 + 0.5), every = (uint64_t)(repeat * 1000 + 0.5);
+  uv_timer_start(&tm->h, on_timer, first, repeat > 0 ? (every ? every : 1) : 0);
+  return tm;
+}
+
+void sl_timer_stop(sl_timer *tm) {
+  if (tm->stopped) return;
+  tm->stopped = 1;
+  sl_vm *vm = tm->vm;
+  if (tm->prev) tm->prev->next = tm->next;
+  else vm->timers = tm->next;
+  if (tm->next) tm->next->prev = tm->prev;
+  luaL_unref(vm->L, LUA_REGISTRYINDEX, tm->fn_ref);
+  /* The handle stays valid for Lua (a stopped timer) once it no longer points here. */
+  lua_rawgeti(vm->L, LUA_REGISTRYINDEX, tm->ud_ref);
+  *(sl_timer **)lua_touserdata(vm->L, -1) = NULL;
+  lua_pop(vm->L, 1);
+  luaL_unref(vm->L, LUA_REGISTRYINDEX, tm->ud_ref);
+  uv_close((uv_handle_t *)&tm->h, on_timer_closed);
+}

@@ -19,6 +19,16 @@ typedef struct sl_task {
   unsigned running : 1, cancelled : 1, waiting : 1, ended : 1;
 } sl_task;
 
+/* A timer of sluice.after / sluice.every: each firing runs the function in a task of its own. */
+typedef struct sl_timer {
+  uv_timer_t h;
+  struct sl_vm *vm;
+  int fn_ref;                /* the function */
+  int ud_ref;                /* the Lua handle, kept while the timer runs */
+  struct sl_timer *prev, *next; /* the VM's timer list */
+  unsigned stopped : 1;
+} sl_timer;
+
 /* What a coroutine yields to ask the scheduler for something. */
 extern char sl_sched_sleep_tag, sl_sched_wait_tag;
 
@@ -29,5 +39,10 @@ void sl_task_resume(sl_task *t, int nargs);
 void sl_task_cancel(sl_task *t);
 /* The connection's queue went below its high-water mark. */
 void sl_task_drained(sl_task *t);
+
+/* Starts a timer for the function on L's top (popped) and the handle below it (left). */
+sl_timer *sl_timer_start(struct sl_vm *vm, lua_State *L, double after, double repeat);
+/* Stops the timer; its memory and references go in the close callback. Safe to call twice. */
+void sl_timer_stop(sl_timer *t);
 
 #endif

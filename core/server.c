@@ -5,6 +5,7 @@
 #include <string.h>
 #include "conn.h"
 #include "log.h"
+#include "lua_vm.h"
 
 void sl_config_defaults(sl_config *cfg) {
   cfg->heartbeat = 15;
@@ -107,4 +108,5 @@ void sl_server_stop(sl_server *srv) {
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
   }
   while (srv->conns) sl_conn_close(srv->conns);
+  if (srv->vm) sl_vm_stop(srv->vm);
 }

@@ -92,6 +92,20 @@ end
 
 _M.now = core.now
 
+--- sluice.after(seconds, fn): runs fn once, in a coroutine of its own.
+function _M.after(secs, fn)
+  if type(secs) ~= "number" or secs < 0 then error("sluice.after expects a number of seconds", 2) end
+  if type(fn) ~= "function" then error("sluice.after expects a function", 2) end
+  return core.timer(secs, 0, fn)
+end
+
+--- sluice.every(seconds, fn): runs fn every `seconds`, each time in a coroutine of its own.
+function _M.every(secs, fn)
+  if type(secs) ~= "number" or secs <= 0 then error("sluice.every expects a positive number of seconds", 2) end
+  if type(fn) ~= "function" then error("sluice.every expects a function", 2) end
+  return core.timer(secs, secs, fn)
+end
+
 local function log_at(level)
   return function(...)
     if not core.log_enabled(level) then return end
