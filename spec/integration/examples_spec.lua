@@ -1,0 +1,85 @@
+-- Each example does what its header comment says.
+local gw = require "gateway"
+local json = require "cjson"
+
+describe("examples/hello.lua", function()
+  it("sends a one-off greeting and answers the health check", function()
+    local s = gw.start("examples/hello.lua")
+    local c = s:sse("/hello")
+    assert.equal("Hello, world!", c:read_event().data)
+    assert.is_true(c:closed_by_peer())
+    c = s:sse("/hello/ann")
+    local ev = c:read_event()
+    assert.equal("greeting", ev.event)
+    assert.same({ greeting = "Hello, ann!" }, json.decode(ev.data))
+    assert.equal("ok\n", s:request("GET", "/health").body)
+    s:stop()
+  end)
+end)
+
+describe("examples/clock.lua", function()
+  it("resumes after Last-Event-ID and answers 204 once all ticks are had", function()
+    local s = gw.start("examples/clock.lua")
+    local c = s:sse("/clock", { ["Last-Event-ID"] = "58" })
+    assert.equal(1000, c:read_event().retry)
+    local a, b = c:read_event(3), c:read_event(3)
+    assert.same({ "59", "60" }, { a.id, b.id })
+    assert.equal(60, json.decode(b.data).tick)
+    assert.is_true(c:closed_by_peer(3))
+    assert.equal(204, s:request("GET", "/clock", nil, { ["Last-Event-ID"] = "60" }).status)
+    s:stop()
+  end)
+end)
+
+describe("examples/tokens.lua", function()
+  it("streams start, tokens in order, done, then ends", function()
+    local s = gw.start("examples/tokens.lua")
+    local c = s:sse("/chat?prompt=hi")
+    local ev = c:read_event()
+    assert.equal("start", ev.event)
+    assert.equal("hi", json.decode(ev.data).prompt)
+    local text, n = {}, 0
+    while true do
+      ev = assert(c:read_event())
+      if ev.event == "done" then break end
+      n = n + 1
+      assert.equal("token", ev.event)
+      assert.equal(tostring(n), ev.id)
+      text[n] = json.decode(ev.data).text
+    end
+    assert.equal(n, json.decode(ev.data).tokens)
+    assert.matches("^Server%-Sent Events keep one HTTP response open", table.concat(text))
+    assert.is_true(c:closed_by_peer())
+    s:stop()
+  end)
+end)
+
+describe("examples/presence.lua", function()
+  -- the example's five-second clock may come in between: skip it
+  local function next_of(c)
+    while true do
+      local ev = assert(next_of(c))
+      if ev.event ~= "clock" then return ev end
+    end
+  end
+
+  it("tells every client who is there, and fans out a shout", function()
+    local s = gw.start("examples/presence.lua")
+    local ann = s:sse("/presence?name=ann")
+    assert.same({ "ann" }, json.decode(next_of(ann).data))
+    local bob = s:sse("/presence?name=bob")
+    assert.same({ "ann", "bob" }, json.decode(next_of(bob).data))
+    assert.same({ "ann", "bob" }, json.decode(next_of(ann).data))
+    assert.equal(202, s:request("POST", "/shout", "hello all").status)
+    for _, c in ipairs { ann, bob } do
+      local ev = next_of(c)
+      assert.same({ "shout", "hello all" }, { ev.event, ev.data })
+    end
+    bob:close()
+    local ev = next_of(ann)
+    assert.equal("presence", ev.event)
+    assert.same({ "ann" }, json.decode(ev.data))
+    ann:close()
+    s:stop()
+  end)
+end)
