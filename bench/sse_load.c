@@ -1,0 +1,206 @@
+/* sse_load: opens many SSE connections to a gateway on loopback and counts the
+ * events they receive. With -L, each event's data must start with the publish
+ * time (CLOCK_MONOTONIC nanoseconds) and the delivery latency is reported.
+ *
+ *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L]
+ *
+ * Prints one summary line per run:
+ *   connected=N failed=N events=N events_per_sec=N [p50_us=N p99_us=N]
+ * and "ready N" on stderr once all connections have their response head. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+typedef struct client {
+  uv_tcp_t tcp;
+  uv_connect_t creq;
+  uv_write_t wreq;
+  int state;     /* 0 connecting, 1 head pending, 2 streaming, 3 dead */
+  int nl;        /* consecutive newlines seen, for event ends */
+  char line[64]; /* the start of the current data line, for -L */
+  int linelen, in_data_start;
+} client;
+
+static struct {
+  const char *path;
+  int port, n, concurrent, latency;
+  double duration;
+  int started, connected, failed, inflight_connects, ready_said;
+  uint64_t events, t_start;
+  uint64_t *lat;
+  size_t nlat, cap;
+  char req[512];
+  char rbuf[65536];
+  uv_loop_t *loop;
+  uv_timer_t stop_timer, ramp_timer;
+  client *clients;
+} g;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void start_more(void);
+
+static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
+  b->base = g.rbuf;
+  b->len = sizeof g.rbuf;
+}
+
+static void record_latency(client *c) {
+  c->line[c->linelen] = '\0';
+  char *end;
+  unsigned long long ts = strtoull(c->line, &end, 10);
+  if (end == c->line) return;
+  uint64_t now = now_ns();
+  if (g.nlat == g.cap) {
+    g.cap = g.cap ? g.cap * 2 : 1 << 16;
+    g.lat = realloc(g.lat, g.cap * sizeof *g.lat);
+  }
+  g.lat[g.nlat++] = now > ts ? now - ts : 0;
+}
+
+static void scan(client *c, const char *p, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    char ch = p[i];
+    if (c->state == 1) {
+      /* skip the head: it ends with \r\n\r\n */
+      if (ch == '\n') {
+        if (++c->nl == 2) {
+          c->state = 2;
+          c->nl = 1;
+          if (++g.connected == g.n && !g.ready_said) {
+            g.ready_said = 1;
+            fprintf(stderr, "ready %d\n", g.connected);
+          }
+        }
+      } else if (ch != '\r') c->nl = 0;
+      continue;
+    }
+    if (ch == '\n') {
+      if (c->in_data_start) record_latency(c);
+      c->in_data_start = 0;
+      if (++c->nl == 2) g.events++;
+      c->linelen = 0;
+      continue;
+    }
+    if (c->nl) {
+      /* a new line begins */
+      c->nl = 0;
+      c->linelen = 0;
+    }
+    if (g.latency && c->linelen < 63) {
+      c->line[c->linelen++] = ch;
+      if (c->linelen == 6 && memcmp(c->line, "data: ", 6) == 0) {
+        c->linelen = 0;
+        c->in_data_start = 1;
+      } else if (!c->in_data_start && c->linelen >= 6) {
+        c->linelen = 63; /* not a data line: stop collecting */
+      }
+    }
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  client *c = s->data;
+  if (n < 0) {
+    if (c->state != 3) {
+      if (c->state == 2) g.connected--;
+      g.failed++;
+      c->state = 3;
+      uv_close((uv_handle_t *)s, NULL);
+    }
+    return;
+  }
+  scan(c, b->base, (size_t)n);
+}
+
+static void on_write(uv_write_t *w, int status) {}
+
+static void on_connect(uv_connect_t *r, int status) {
+  client *c = r->data;
+  g.inflight_connects--;
+  if (status < 0) {
+    g.failed++;
+    c->state = 3;
+    uv_close((uv_handle_t *)&c->tcp, NULL);
+  } else {
+    c->state = 1;
+    uv_buf_t b = uv_buf_init(g.req, (unsigned)strlen(g.req));
+    uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  }
+  start_more();
+}
+
+static void start_more(void) {
+  struct sockaddr_in addr;
+  uv_ip4_addr("127.0.0.1", g.port, &addr);
+  while (g.started < g.n && g.inflight_connects < g.concurrent) {
+    client *c = &g.clients[g.started++];
+    uv_tcp_init(g.loop, &c->tcp);
+    c->tcp.data = c->creq.data = c;
+    g.inflight_connects++;
+    if (uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&addr, on_connect)) {
+      g.inflight_connects--;
+      g.failed++;
+      c->state = 3;
+      uv_close((uv_handle_t *)&c->tcp, NULL);
+    }
+  }
+}
+
+static int cmp(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void on_stop(uv_timer_t *t) {
+  double secs = (double)(now_ns() - g.t_start) / 1e9;
+  printf("connected=%d failed=%d events=%llu events_per_sec=%.0f", g.connected, g.failed,
+         (unsigned long long)g.events, (double)g.events / secs);
+  if (g.latency && g.nlat) {
+    qsort(g.lat, g.nlat, sizeof *g.lat, cmp);
+    printf(" samples=%zu p50_us=%.0f p99_us=%.0f max_us=%.0f", g.nlat, g.lat[g.nlat / 2] / 1e3,
+           g.lat[(size_t)(g.nlat * 0.99)] / 1e3, g.lat[g.nlat - 1] / 1e3);
+  }
+  printf("\n");
+  fflush(stdout);
+  exit(0);
+}
+
+int main(int argc, char **argv) {
+  g.path = "/";
+  g.n = 100;
+  g.duration = 10;
+  g.concurrent = 200;
+  int ch;
+  while ((ch = getopt(argc, argv, "p:P:n:d:c:L")) != -1) {
+    switch (ch) {
+      case 'p': g.port = atoi(optarg); break;
+      case 'P': g.path = optarg; break;
+      case 'n': g.n = atoi(optarg); break;
+      case 'd': g.duration = atof(optarg); break;
+      case 'c': g.concurrent = atoi(optarg); break;
+      case 'L': g.latency = 1; break;
+      default: fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L]\n"); return 2;
+    }
+  }
+  if (!g.port) {
+    fprintf(stderr, "sse_load: -p PORT is required\n");
+    return 2;
+  }
+  snprintf(g.req, sizeof g.req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n", g.path);
+  g.clients = calloc((size_t)g.n, sizeof *g.clients);
+  g.loop = uv_default_loop();
+  g.t_start = now_ns();
+  uv_timer_init(g.loop, &g.stop_timer);
+  uv_timer_start(&g.stop_timer, on_stop, (uint64_t)(g.duration * 1000), 0);
+  start_more();
+  return uv_run(g.loop, UV_RUN_DEFAULT);
+}
