@@ -210,7 +210,7 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
     /* A peer that vanished without a FIN never acknowledges the heartbeats: let the
      * kernel fail the connection once they go unacknowledged this long. */
     uv_os_fd_t fd;
-    unsigned int uto = (unsigned int)(heartbeat * 2000 < 10000 ? 10000 : heartbeat * 2000);
+    unsigned int uto = (unsigned int)(heartbeat * 2000 + 1000);
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
   }
   return r;

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libluajit2-5.1-dev luajit2 libuv1-dev node-llhttp
-      lua-busted lua-socket lua-cjson lua-posix valgrind)
+      lua-busted lua-socket lua-cjson lua-posix valgrind iproute2 curl procps python3)
 
 install_deps() {
   local missing=() p

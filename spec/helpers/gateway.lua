@@ -65,7 +65,7 @@ local Server = {}
 Server.__index = Server
 
 --- Spawns sluice with args (a list); returns the pid and the stderr log path.
-local function spawn(args, log)
+local function spawn(args, log, prefix)
   local argv = {}
   local prog = _M.BIN
   if _M.VALGRIND then
@@ -74,6 +74,14 @@ local function spawn(args, log)
       "--show-leak-kinds=definite,indirect", "-q", "--suppressions=spec/helpers/luajit.supp", _M.BIN }
   end
   for _, a in ipairs(args) do argv[#argv + 1] = a end
+  if prefix then
+    -- e.g. { "ip", "netns", "exec", NAME }: run the gateway under another command
+    local full = {}
+    for i = 2, #prefix do full[#full + 1] = prefix[i] end
+    full[#full + 1] = prog
+    for _, a in ipairs(argv) do full[#full + 1] = a end
+    prog, argv = prefix[1], full
+  end
   local pid = assert(unistd.fork())
   if pid == 0 then
     local fd = fcntl.open(log, fcntl.O_WRONLY + fcntl.O_CREAT + fcntl.O_TRUNC, 420)
@@ -118,10 +126,11 @@ function _M.start(script, opts)
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
   args[#args + 1] = path
   local self = setmetatable({ port = port, script = path, log = _M.tmpname(".log"), temp = opts.source }, Server)
-  self.pid = spawn(args, self.log)
+  self.pid = spawn(args, self.log, opts.prefix)
   _M.wait_for(function()
     local p = wait.wait(self.pid, wait.WNOHANG)
     if p == self.pid then error("sluice exited at start-up:\n" .. _M.read_file(self.log)) end
+    if opts.prefix then return _M.read_file(self.log):find("serving", 1, true) end
     local c = socket.tcp()
     c:settimeout(0.2)
     local ok = c:connect("127.0.0.1", port)
