@@ -202,6 +202,22 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
   if (!b) return -ENOMEM;
   c->state = SL_CS_STREAM;
   c->status = status;
+  if (c->req) {
+    /* A stream lives long: keep only the target, which the access line needs. */
+    sl_req *q = c->req;
+    free(q->hdrs);
+    free(q->body);
+    q->hdrs = NULL;
+    q->body = NULL;
+    q->nhdrs = q->hdr_cap = 0;
+    q->body_len = q->body_cap = 0;
+    char *h = realloc(q->head, q->url_len ? q->url_len : 1);
+    if (h) q->head = h;
+    q->head_len = q->head_cap = q->url_len;
+  }
+  free(c->in);
+  c->in = NULL;
+  c->inlen = c->incap = 0;
   int r = sl_conn_write(c, b);
   sl_buf_unref(b);
   if (r == 0 && heartbeat > 0) {
@@ -213,6 +229,24 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
     unsigned int uto = (unsigned int)(heartbeat * 2000 + 1000);
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
   }
+  return r;
+}
+
+static int sub_deliver(sl_hub_sub *s, sl_buf *frame) { return sl_conn_write(s->data, frame) ? -1 : 0; }
+
+int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (c->sub) return -EALREADY;
+  sl_hub_sub *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  s->deliver = sub_deliver;
+  s->data = c;
+  int r = sl_hub_subscribe(&c->srv->hub, s, chans, n, last_id, lidlen, (double)uv_hrtime() / 1e9);
+  if (r < 0) {
+    free(s);
+    return r;
+  }
+  c->sub = s;
   return r;
 }
 
@@ -244,6 +278,11 @@ void sl_conn_close(sl_conn *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
+  if (c->sub) {
+    sl_hub_unsubscribe(&srv->hub, c->sub);
+    free(c->sub);
+    c->sub = NULL;
+  }
   if (c->task) {
     sl_task *t = c->task;
     c->task = NULL;

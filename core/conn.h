@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "buf.h"
 #include "http.h"
+#include "hub.h"
 
 struct sl_server;
 struct sl_task;
@@ -42,6 +43,7 @@ typedef struct sl_conn {
   int status;                /* status sent for the current request */
   int err_status;            /* set by a parser callback that rejects the request */
   struct sl_task *task;      /* the handler coroutine, if one runs */
+  sl_hub_sub *sub;           /* its subscription, if it subscribed */
   int ud_ref;                /* registry ref of the Lua handle, LUA_NOREF if none */
   void *ud;
   uint8_t state;
@@ -61,6 +63,9 @@ int sl_conn_write(sl_conn *c, sl_buf *b);
 int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len);
 /* Sends an event-stream (or raw) response head; starts heartbeats if heartbeat > 0. */
 int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat);
+/* Subscribes the connection (already streaming) to n channels, replaying after last_id.
+ * Returns the number of events replayed, or a negative errno (-EPIPE: it was closed). */
+int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen);
 /* Closes once everything queued is written. */
 void sl_conn_end(sl_conn *c);
 /* The one close path: stops everything, cancels the task; memory goes in the close callbacks. */

@@ -233,9 +233,10 @@ static int api_config(lua_State *L) {
   }
   lua_Number v = luaL_checknumber(L, 2);
   if (v < 0) return luaL_error(L, "%s must not be negative", key);
+  sl_hub *hub = &vm_of(L)->srv->hub;
   if (strcmp(key, "heartbeat") == 0) cfg->heartbeat = v;
-  else if (strcmp(key, "history") == 0) cfg->history = v;
-  else if (strcmp(key, "history_ttl") == 0) cfg->history_ttl = v;
+  else if (strcmp(key, "history") == 0) hub->history = (unsigned)(cfg->history = v);
+  else if (strcmp(key, "history_ttl") == 0) hub->ttl = cfg->history_ttl = v;
   else if (strcmp(key, "queue_limit") == 0) cfg->queue_limit = (size_t)v;
   else if (strcmp(key, "max_connections") == 0) cfg->max_connections = (unsigned)v;
   else if (strcmp(key, "max_header") == 0) cfg->max_header = (size_t)v;
@@ -243,6 +244,85 @@ static int api_config(lua_State *L) {
   else if (strcmp(key, "header_timeout") == 0) cfg->header_timeout = v;
   else return luaL_error(L, "unknown configuration key '%s'", key);
   return 0;
+}
+
+#define SL_MAX_CHANNELS 64
+
+/* Reads the list of channel names at idx (checked by the Lua library) into out. */
+static int channel_list(lua_State *L, int idx, sl_hub_str *out) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  int n = (int)lua_objlen(L, idx);
+  if (n < 1 || n > SL_MAX_CHANNELS) luaL_error(L, "give 1 to %d channels", SL_MAX_CHANNELS);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, idx, i + 1);
+    out[i].p = lua_tolstring(L, -1, &out[i].len);
+    if (!out[i].p || out[i].len == 0) luaL_error(L, "channel names must be non-empty strings");
+    lua_pop(L, 1); /* the table still holds the string */
+  }
+  return n;
+}
+
+/* subscribe(conn, channels, last_event_id) -> replayed count, or nil, "closed" */
+static int api_subscribe(lua_State *L) {
+  check_ud(L, 1);
+  sl_hub_str chans[SL_MAX_CHANNELS];
+  int n = channel_list(L, 2, chans);
+  size_t lidlen = 0;
+  const char *lid = luaL_optlstring(L, 3, NULL, &lidlen);
+  sl_conn *c = live_conn(L, 1);
+  if (!c) return fail(L, "closed");
+  int r = sl_conn_subscribe(c, chans, n, lid, lidlen);
+  if (r == -EALREADY) return luaL_error(L, "the connection is already subscribed");
+  if (r == -ENOMEM) return fail(L, "out of memory");
+  if (r < 0) return fail(L, "closed");
+  lua_pushinteger(L, r);
+  return 1;
+}
+
+/* publish(channels, data, id, event, retry) -> the event id */
+static int api_publish(lua_State *L) {
+  sl_hub_str chans[SL_MAX_CHANNELS];
+  int n = channel_list(L, 1, chans);
+  size_t len, idlen = 0, evlen = 0;
+  const char *data = luaL_checklstring(L, 2, &len);
+  const char *id = luaL_optlstring(L, 3, NULL, &idlen);
+  const char *ev = luaL_optlstring(L, 4, NULL, &evlen);
+  long long retry = opt_retry(L, 5, -1);
+  char out[256];
+  int r = sl_hub_publish(&vm_of(L)->srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry,
+                         (double)uv_hrtime() / 1e9, out, sizeof out);
+  if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
+  if (r) return fail(L, "out of memory");
+  if (id) lua_pushlstring(L, id, idlen);
+  else lua_pushstring(L, out);
+  return 1;
+}
+
+/* subscribers(channel) -> count */
+static int api_subscribers(lua_State *L) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  lua_pushinteger(L, sl_hub_subscribers(&vm_of(L)->srv->hub, name, len));
+  return 1;
+}
+
+/* hub_stats() -> { channels, published, delivered, dropped_slow, connections } */
+static int api_stats(lua_State *L) {
+  sl_server *srv = vm_of(L)->srv;
+  lua_createtable(L, 0, 6);
+  lua_pushnumber(L, (double)srv->hub.nchans);
+  lua_setfield(L, -2, "channels");
+  lua_pushnumber(L, (double)srv->hub.published);
+  lua_setfield(L, -2, "published");
+  lua_pushnumber(L, (double)srv->hub.delivered);
+  lua_setfield(L, -2, "delivered");
+  lua_pushnumber(L, (double)srv->hub.dropped_slow);
+  lua_setfield(L, -2, "dropped_slow");
+  lua_pushnumber(L, (double)srv->nconns);
+  lua_setfield(L, -2, "connections");
+  lua_pushnumber(L, (double)srv->refused);
+  lua_setfield(L, -2, "refused");
+  return 1;
 }
 
 /* timer(after, repeat, fn) -> a timer handle with :stop() */
@@ -301,7 +381,9 @@ static int open_core(lua_State *L) {
       {"respond", api_respond}, {"start", api_start},     {"encode", api_encode}, {"send", api_send},
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
-      {"config", api_config},   {"timer", api_timer},     {NULL, NULL}};
+      {"config", api_config},   {"timer", api_timer},
+      {"subscribe", api_subscribe}, {"publish", api_publish}, {"subscribers", api_subscribers},
+      {"stats", api_stats},     {NULL, NULL}};
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);

@@ -83,7 +83,10 @@ int main(int argc, char **argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   static sl_server srv;
-  sl_server_init(&srv, &loop);
+  if (sl_server_init(&srv, &loop)) {
+    fprintf(stderr, "sluice: out of memory\n");
+    return 1;
+  }
 
   char err[4096];
   srv.vm = sl_vm_open(&srv, script, err, sizeof err);
@@ -111,6 +114,7 @@ out:
   srv.vm = NULL;
   /* Lua's close may have closed handles of its own. */
   uv_run(&loop, UV_RUN_DEFAULT);
+  sl_server_free(&srv);
   if (uv_loop_close(&loop)) sl_warn("event loop closed with handles still open");
   return status;
 }

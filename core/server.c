@@ -19,11 +19,26 @@ void sl_config_defaults(sl_config *cfg) {
   cfg->header_timeout = 10;
 }
 
-void sl_server_init(sl_server *srv, uv_loop_t *loop) {
+static void on_sweep(uv_timer_t *t) {
+  sl_server *srv = t->data;
+  sl_hub_sweep(&srv->hub, (double)uv_hrtime() / 1e9);
+}
+
+int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
   loop->data = srv;
   sl_config_defaults(&srv->cfg);
+  /* Hub ids start from the clock (microseconds) so they keep increasing across restarts. */
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  uint64_t first = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+  if (sl_hub_init(&srv->hub, first, (unsigned)srv->cfg.history, srv->cfg.history_ttl)) return UV_ENOMEM;
+  uv_timer_init(loop, &srv->sweep);
+  srv->sweep.data = srv;
+  uv_timer_start(&srv->sweep, on_sweep, 1000, 1000);
+  uv_unref((uv_handle_t *)&srv->sweep);
+  return 0;
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
@@ -103,6 +118,7 @@ void sl_server_stop(sl_server *srv) {
   srv->stopping = 1;
   for (int i = 0; i < srv->nlisteners; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) uv_close((uv_handle_t *)&srv->listeners[i], NULL);
+  if (!uv_is_closing((uv_handle_t *)&srv->sweep)) uv_close((uv_handle_t *)&srv->sweep, NULL);
   if (srv->sigint.data) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
@@ -110,3 +126,5 @@ void sl_server_stop(sl_server *srv) {
   while (srv->conns) sl_conn_close(srv->conns);
   if (srv->vm) sl_vm_stop(srv->vm);
 }
+
+void sl_server_free(sl_server *srv) { sl_hub_free(&srv->hub); }

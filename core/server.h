@@ -1,10 +1,12 @@
 /* server: the gateway-wide state (config, listeners, connection list, the
  * current Lua VM), listening sockets, accept and the connection limit, signals.
- * Uses conn (for each accepted client) and lua_vm (to serve requests). */
+ * Uses conn (for each accepted client), lua_vm (to serve requests) and hub
+ * (pub/sub, which outlives any one script). */
 #ifndef SL_SERVER_H
 #define SL_SERVER_H
 #include <stdint.h>
 #include <uv.h>
+#include "hub.h"
 
 struct sl_conn;
 struct sl_vm;
@@ -35,12 +37,16 @@ typedef struct sl_server {
   uint64_t next_conn_id;
   uint64_t refused;        /* connections refused over max_connections */
   struct sl_vm *vm;        /* the VM new requests go to */
+  sl_hub hub;
+  uv_timer_t sweep;        /* expires history */
   int stopping;
   char readbuf[SL_READ_BUF]; /* the one read buffer: each read is parsed before the next */
 } sl_server;
 
 void sl_config_defaults(sl_config *cfg);
-void sl_server_init(sl_server *srv, uv_loop_t *loop);
+int sl_server_init(sl_server *srv, uv_loop_t *loop);
+/* Frees what outlives the loop (the hub). */
+void sl_server_free(sl_server *srv);
 /* Listens on "host:port" or "[v6]:port". 0, or a negative libuv code with err filled. */
 int sl_server_listen(sl_server *srv, const char *addr, char *err, size_t errlen);
 /* Starts the signal handlers that stop the server. */

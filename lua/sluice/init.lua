@@ -80,6 +80,49 @@ function _M.raw(fn, opts)
   return setmetatable({ kind = "raw", value = fn, opts = opts }, Mode)
 end
 
+--- Channel names as a list: one name or a list of names, each a non-empty string.
+local function channel_list(channels, what, level)
+  if type(channels) == "string" then channels = { channels } end
+  if type(channels) ~= "table" or #channels == 0 then
+    error(what .. " expects a channel name or a list of channel names", level + 1)
+  end
+  for i = 1, #channels do
+    local c = channels[i]
+    if type(c) ~= "string" or c == "" then error(what .. ": channel names must be non-empty strings", level + 1) end
+  end
+  if #channels > 64 then error(what .. ": at most 64 channels", level + 1) end
+  return channels
+end
+
+--- sluice.subscribe(channels, opts): the connection receives every event published to them.
+function _M.subscribe(channels, opts)
+  channels = channel_list(channels, "sluice.subscribe", 2)
+  return setmetatable({ kind = "subscribe", value = channels, opts = check_opts(opts, 2) }, Mode)
+end
+
+--- sluice.publish(channels, data, opts): one event to every subscriber of the channels; returns its id.
+function _M.publish(channels, data, opts)
+  channels = channel_list(channels, "sluice.publish", 2)
+  if getmetatable(data) == Message then
+    return core.publish(channels, data.data, data.id, data.event, data.retry)
+  end
+  local text, why = to_data(data)
+  if not text then error("sluice.publish cannot send " .. why, 2) end
+  if opts == nil then return core.publish(channels, text) end
+  if type(opts) ~= "table" then error("sluice.publish options must be a table", 2) end
+  local m = event.message(text, opts)
+  return core.publish(channels, m.data, m.id, m.event, m.retry)
+end
+
+--- sluice.subscribers(channel): how many connections are subscribed to it now.
+function _M.subscribers(channel)
+  if type(channel) ~= "string" then error("sluice.subscribers expects a channel name", 2) end
+  return core.subscribers(channel)
+end
+
+--- sluice.stats(): gateway counters (channels, published, delivered, dropped_slow, connections, refused).
+_M.stats = core.stats
+
 -- ---------------------------------------------------------------- utilities
 
 --- Suspends the calling coroutine for secs seconds without blocking the loop.
@@ -268,6 +311,11 @@ end
 function modes.stream(conn, req, m, cors)
   if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors) then return end
   run_stream(conn, m.value)
+end
+
+function modes.subscribe(conn, req, m, cors)
+  if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors) then return end
+  core.subscribe(conn, m.value, req.last_event_id)
 end
 
 function modes.raw(conn, req, m, cors)

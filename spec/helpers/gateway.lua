@@ -10,6 +10,8 @@ local fcntl = require "posix.fcntl"
 local _M = {}
 _M.BIN = os.getenv("SLUICE_BIN") or "build/sluice"
 _M.VALGRIND = os.getenv("SLUICE_VALGRIND") == "1"
+-- Under valgrind or ASan the allocator is not the real one: memory bounds are not checked.
+_M.REAL_MEMORY = not _M.VALGRIND and os.getenv("SLUICE_SANITIZED") ~= "1"
 local SLOW = _M.VALGRIND and 20 or 1 -- deadlines stretch under valgrind
 
 local tmpdir = os.getenv("TMPDIR") or "/tmp"

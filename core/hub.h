@@ -1,0 +1,94 @@
+/* hub: pub/sub channels in a hash map, subscriber sets with O(1) add and
+ * remove, history rings with a TTL, gateway-wide increasing ids and replay
+ * after Last-Event-ID. An event is framed once (sse) into a refcounted buffer
+ * (buf) that every subscriber's queue shares. Pure C: no loop, no Lua. */
+#ifndef SL_HUB_H
+#define SL_HUB_H
+#include <stddef.h>
+#include <stdint.h>
+#include "buf.h"
+
+typedef struct sl_hub_event {
+  unsigned refs;
+  uint64_t seq;   /* publish order, gateway-wide */
+  double time;    /* when it was published, for history_ttl */
+  sl_buf *frame;  /* the event as it goes on the wire */
+  size_t idlen;
+  char id[];
+} sl_hub_event;
+
+struct sl_hub_sub;
+struct sl_hub_chan;
+
+typedef struct sl_hub_link {
+  struct sl_hub_chan *chan;
+  struct sl_hub_sub *sub;
+  struct sl_hub_link *prev, *next;
+} sl_hub_link;
+
+/* A subscriber: deliver() queues a frame for it; non-zero means it could not
+ * (a slow consumer, now disconnected). The links are the hub's to manage. */
+typedef struct sl_hub_sub {
+  int (*deliver)(struct sl_hub_sub *sub, sl_buf *frame);
+  void *data;
+  uint64_t last_seq; /* the newest event it was given: nothing is given twice */
+  sl_hub_link *links;
+  unsigned nlinks;
+} sl_hub_sub;
+
+typedef struct sl_hub_chan {
+  struct sl_hub_chan *hnext;            /* hash chain */
+  struct sl_hub_chan *pprev, *pnext;    /* channels with history, by last publish */
+  sl_hub_link *subs;
+  unsigned nsubs;
+  sl_hub_event **ring;
+  unsigned cap, head, count;            /* ring[head] is the oldest kept event */
+  double last_pub;
+  uint32_t hash;
+  uint32_t namelen;
+  unsigned busy;                        /* a publish is walking its subscribers: keep it */
+  char name[];
+} sl_hub_chan;
+
+typedef struct sl_hub {
+  sl_hub_chan **buckets;
+  size_t nbuckets, nchans;
+  uint64_t next_seq;
+  sl_hub_chan *phead, *ptail;           /* least recently published first */
+  unsigned history;                     /* events kept per channel */
+  double ttl;                           /* seconds an event is kept */
+  uint64_t published, delivered, dropped_slow;
+} sl_hub;
+
+typedef struct sl_hub_str {
+  const char *p;
+  size_t len;
+} sl_hub_str;
+
+/* first_seq: the first id the hub hands out (ids keep increasing across restarts
+ * when it is taken from the clock). */
+int sl_hub_init(sl_hub *hub, uint64_t first_seq, unsigned history, double ttl);
+void sl_hub_free(sl_hub *hub);
+
+/* Publishes one event to n channels. id may be NULL: the hub assigns the next
+ * sequence number as the id. Writes the id used into idout (NUL-terminated,
+ * cut at idcap). Returns 0, -EINVAL (bad id/event, or no channel) or -ENOMEM. */
+int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
+                   size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
+                   size_t idcap);
+
+/* Subscribes sub to n channels. With last_id, first delivers every kept event
+ * after it on those channels, in publish order, once each; then live events
+ * follow with no gap. Returns the number replayed; -ENOMEM, or -EPIPE when the
+ * subscriber could not take the replay (it is then not subscribed). */
+int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
+                     size_t lidlen, double now);
+/* Removes sub from all its channels (O(1) each); channels left with neither
+ * subscribers nor history are freed. */
+void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub);
+
+unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len);
+/* Drops history older than ttl from channels not published to since; frees empty channels. */
+void sl_hub_sweep(sl_hub *hub, double now);
+
+#endif

@@ -1,0 +1,187 @@
+/* Unit tests for hub: ids, ring wrap-around, replay boundaries, multi-channel
+ * merge order, delivery once, slow subscribers, expiry and freeing. */
+#include <errno.h>
+#include <stdlib.h>
+#include "../hub.h"
+#include "check.h"
+
+typedef struct rec {
+  sl_hub_sub sub;
+  char got[64][32]; /* the ids received, in order */
+  int n;
+  int fail_after;   /* deliver fails once n reaches this (0 = never) */
+} rec;
+
+static int deliver(sl_hub_sub *s, sl_buf *frame) {
+  rec *r = (rec *)s;
+  if (r->fail_after && r->n >= r->fail_after) return -1;
+  /* frames start with "id: X\n" */
+  const char *p = frame->data + 4, *nl = memchr(p, '\n', frame->len - 4);
+  snprintf(r->got[r->n++], 32, "%.*s", (int)(nl - p), p);
+  return 0;
+}
+
+static void rec_init(rec *r) {
+  memset(r, 0, sizeof *r);
+  r->sub.deliver = deliver;
+}
+
+static sl_hub_str S(const char *s) { return (sl_hub_str){s, strlen(s)}; }
+
+static void pub(sl_hub *h, const char *chan, const char *id, double now, char *out) {
+  sl_hub_str c = S(chan);
+  char tmp[32];
+  CHECK(sl_hub_publish(h, &c, 1, "d", 1, id, id ? strlen(id) : 0, NULL, 0, -1, now, out ? out : tmp, 32) == 0);
+}
+
+static int sub(sl_hub *h, rec *r, const char *a, const char *b, const char *last, double now) {
+  sl_hub_str cs[2] = {S(a), b ? S(b) : S("")};
+  return sl_hub_subscribe(h, &r->sub, cs, b ? 2 : 1, last, last ? strlen(last) : 0, now);
+}
+
+static int got_is(rec *r, const char *const *want, int n) {
+  if (r->n != n) return 0;
+  for (int i = 0; i < n; i++)
+    if (strcmp(r->got[i], want[i])) return 0;
+  return 1;
+}
+
+int main(void) {
+  sl_hub h;
+  char id[32];
+
+  /* Ids increase from first_seq across channels; a caller's id is used as given. */
+  CHECK(sl_hub_init(&h, 100, 3, 60) == 0);
+  pub(&h, "a", NULL, 1, id);
+  CHECK(strcmp(id, "100") == 0);
+  pub(&h, "b", NULL, 1, id);
+  CHECK(strcmp(id, "101") == 0);
+  pub(&h, "a", "custom", 1, id);
+  CHECK(strcmp(id, "custom") == 0);
+  pub(&h, "a", NULL, 1, id);
+  CHECK(strcmp(id, "103") == 0);
+  {
+    sl_hub_str c = S("a");
+    CHECK(sl_hub_publish(&h, &c, 1, "d", 1, "bad\nid", 6, NULL, 0, -1, 1, id, 32) == -EINVAL);
+    CHECK(sl_hub_publish(&h, &c, 0, "d", 1, NULL, 0, NULL, 0, -1, 1, id, 32) == -EINVAL);
+  }
+
+  /* Ring wrap-around: history 3 keeps the last three of a. Channel a now holds 100, custom, 103. */
+  pub(&h, "a", NULL, 1, id); /* 104: 100 falls out */
+  pub(&h, "a", NULL, 1, id); /* 105: custom falls out */
+  rec r;
+  rec_init(&r);
+  CHECK(sub(&h, &r, "a", NULL, "103", 2) == 2);
+  const char *w1[] = {"104", "105"};
+  CHECK(got_is(&r, w1, 2));
+  sl_hub_unsubscribe(&h, &r.sub);
+
+  /* Replay boundaries: the newest id replays nothing; an id that fell out
+   * (a hub id) replays everything kept after it; an unknown id replays all kept. */
+  rec_init(&r);
+  CHECK(sub(&h, &r, "a", NULL, "105", 2) == 0);
+  sl_hub_unsubscribe(&h, &r.sub);
+  rec_init(&r);
+  CHECK(sub(&h, &r, "a", NULL, "100", 2) == 3);
+  const char *w2[] = {"103", "104", "105"};
+  CHECK(got_is(&r, w2, 3));
+  sl_hub_unsubscribe(&h, &r.sub);
+  rec_init(&r);
+  CHECK(sub(&h, &r, "a", NULL, "custom", 2) == 3); /* custom left history: unknown */
+  sl_hub_unsubscribe(&h, &r.sub);
+  rec_init(&r);
+  CHECK(sub(&h, &r, "a", NULL, "99999999", 2) == 3); /* a hub id never handed out: unknown */
+  sl_hub_unsubscribe(&h, &r.sub);
+  rec_init(&r);
+  CHECK(sub(&h, &r, "a", NULL, NULL, 2) == 0); /* no id: live only */
+  pub(&h, "a", NULL, 2, id);
+  const char *w3[] = {"106"};
+  CHECK(got_is(&r, w3, 1));
+  sl_hub_unsubscribe(&h, &r.sub);
+  sl_hub_free(&h);
+
+  /* Multi-channel merge: replay across x and y in publish order, an event
+   * published to both delivered once, then live events once each. */
+  CHECK(sl_hub_init(&h, 1, 10, 60) == 0);
+  pub(&h, "x", NULL, 1, NULL);  /* 1 */
+  pub(&h, "y", NULL, 1, NULL);  /* 2 */
+  {
+    sl_hub_str both[2] = {S("x"), S("y")};
+    CHECK(sl_hub_publish(&h, both, 2, "d", 1, NULL, 0, NULL, 0, -1, 1, id, 32) == 0); /* 3 on both */
+    CHECK(strcmp(id, "3") == 0);
+  }
+  pub(&h, "y", NULL, 1, NULL);  /* 4 */
+  pub(&h, "x", NULL, 1, NULL);  /* 5 */
+  rec_init(&r);
+  CHECK(sub(&h, &r, "x", "y", "1", 2) == 4);
+  const char *w4[] = {"2", "3", "4", "5"};
+  CHECK(got_is(&r, w4, 4));
+  {
+    sl_hub_str both[2] = {S("y"), S("x")};
+    CHECK(sl_hub_publish(&h, both, 2, "d", 1, NULL, 0, NULL, 0, -1, 2, id, 32) == 0); /* 6 */
+  }
+  pub(&h, "y", NULL, 2, NULL); /* 7 */
+  const char *w5[] = {"2", "3", "4", "5", "6", "7"};
+  CHECK(got_is(&r, w5, 6));
+  CHECK(sl_hub_subscribers(&h, "x", 1) == 1 && sl_hub_subscribers(&h, "y", 1) == 1);
+  CHECK(sl_hub_subscribers(&h, "z", 1) == 0);
+
+  /* A subscriber of the same channel twice is one subscriber. */
+  rec r2;
+  rec_init(&r2);
+  CHECK(sub(&h, &r2, "x", "x", NULL, 2) == 0);
+  CHECK(sl_hub_subscribers(&h, "x", 1) == 2);
+  pub(&h, "x", NULL, 2, NULL); /* 8 */
+  CHECK(r2.n == 1);
+
+  /* A slow subscriber is dropped and counted; others still get the event. */
+  r2.fail_after = 1;
+  pub(&h, "x", NULL, 2, NULL); /* 9 */
+  CHECK(h.dropped_slow == 1);
+  CHECK(r.n == 8);
+  sl_hub_unsubscribe(&h, &r2.sub);
+  sl_hub_unsubscribe(&h, &r.sub);
+  CHECK(sl_hub_subscribers(&h, "x", 1) == 0);
+
+  /* A replay the subscriber cannot take leaves it unsubscribed. */
+  rec_init(&r2);
+  r2.fail_after = 1;
+  CHECK(sub(&h, &r2, "x", NULL, "1", 2) == -EPIPE);
+  CHECK(sl_hub_subscribers(&h, "x", 1) == 0);
+
+  /* Expiry: history older than ttl is gone after a sweep; empty channels are freed. */
+  size_t before = h.nchans;
+  CHECK(before == 2);
+  sl_hub_sweep(&h, 61); /* x and y were last published at 2: kept until 62 */
+  CHECK(h.nchans == 2);
+  sl_hub_sweep(&h, 63);
+  CHECK(h.nchans == 0);
+  rec_init(&r);
+  CHECK(sub(&h, &r, "x", NULL, "1", 63) == 0);
+  sl_hub_unsubscribe(&h, &r.sub);
+  CHECK(h.nchans == 0);
+
+  /* Expired events of a channel still in use are trimmed when it is touched. */
+  pub(&h, "k", NULL, 100, id);
+  pub(&h, "k", NULL, 150, NULL);
+  rec_init(&r);
+  CHECK(sub(&h, &r, "k", NULL, "0", 170) == 1); /* the one at 100 expired at 160 */
+  sl_hub_unsubscribe(&h, &r.sub);
+
+  /* A million short-lived channels do not stay. */
+  char name[32];
+  for (int i = 0; i < 100000; i++) {
+    snprintf(name, sizeof name, "user-%d", i);
+    pub(&h, name, NULL, 200 + i * 0.001, NULL);
+  }
+  CHECK(h.nchans >= 100000);
+  sl_hub_sweep(&h, 200 + 100 + 61);
+  CHECK(h.nchans == 0);
+
+  /* history 0 keeps nothing, and a channel nobody listens to is freed at once. */
+  h.history = 0;
+  pub(&h, "none", NULL, 400, NULL);
+  CHECK(h.nchans == 0);
+  sl_hub_free(&h);
+  return check_done("test_hub");
+}
