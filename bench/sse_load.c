@@ -160,6 +160,9 @@ static int cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+static void on_stop(uv_timer_t *t);
+static void on_sigint(uv_signal_t *s, int sig) { on_stop(NULL); }
+
 static void on_stop(uv_timer_t *t) {
   double secs = (double)(now_ns() - g.t_start) / 1e9;
   printf("connected=%d failed=%d events=%llu events_per_sec=%.0f", g.connected, g.failed,
@@ -201,6 +204,9 @@ int main(int argc, char **argv) {
   g.t_start = now_ns();
   uv_timer_init(g.loop, &g.stop_timer);
   uv_timer_start(&g.stop_timer, on_stop, (uint64_t)(g.duration * 1000), 0);
+  static uv_signal_t sig;
+  uv_signal_init(g.loop, &sig);
+  uv_signal_start(&sig, on_sigint, SIGINT);
   start_more();
   return uv_run(g.loop, UV_RUN_DEFAULT);
 }

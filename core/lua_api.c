@@ -325,6 +325,18 @@ static int api_stats(lua_State *L) {
   return 1;
 }
 
+/* secure_compare(a, b) -> whether the strings are equal, in time that depends only on their lengths */
+static int api_secure_compare(lua_State *L) {
+  size_t la, lb;
+  const unsigned char *a = (const unsigned char *)luaL_checklstring(L, 1, &la);
+  const unsigned char *b = (const unsigned char *)luaL_checklstring(L, 2, &lb);
+  size_t n = la > lb ? la : lb;
+  unsigned diff = la != lb;
+  for (size_t i = 0; i < n; i++) diff |= (unsigned)(a[i < la ? i : 0] ^ b[i < lb ? i : 0]) | (unsigned)(i >= la || i >= lb);
+  lua_pushboolean(L, diff == 0 && n == la);
+  return 1;
+}
+
 /* timer(after, repeat, fn) -> a timer handle with :stop() */
 static int api_timer(lua_State *L) {
   double after = luaL_checknumber(L, 1), repeat = luaL_checknumber(L, 2);
@@ -383,7 +395,7 @@ static int open_core(lua_State *L) {
       {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"publish", api_publish}, {"subscribers", api_subscribers},
-      {"stats", api_stats},     {NULL, NULL}};
+      {"stats", api_stats},     {"secure_compare", api_secure_compare}, {NULL, NULL}};
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);

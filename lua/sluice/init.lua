@@ -135,6 +135,12 @@ end
 
 _M.now = core.now
 
+--- sluice.secure_compare(a, b): string equality in constant time, for tokens and secrets.
+function _M.secure_compare(a, b)
+  if type(a) ~= "string" or type(b) ~= "string" then return false end
+  return core.secure_compare(a, b)
+end
+
 --- sluice.after(seconds, fn): runs fn once, in a coroutine of its own.
 function _M.after(secs, fn)
   if type(secs) ~= "number" or secs < 0 then error("sluice.after expects a number of seconds", 2) end

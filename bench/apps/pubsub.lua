@@ -1,0 +1,22 @@
+-- The pub/sub benchmark's app: subscribers on one channel, and a publisher on a
+-- timer whose events carry their publish time (monotonic ns) as data.
+local sluice = require "sluice"
+sluice.configure { max_connections = 20000, heartbeat = 0, history = 100 }
+
+sluice.get("/sub/:chan", function(req) return sluice.subscribe(req.params.chan) end)
+
+local ticker
+-- POST /run?hz=H&secs=S: publish H events a second for S seconds to "bench".
+sluice.post("/run", function(req)
+  local hz, secs = tonumber(req.query.hz) or 10, tonumber(req.query.secs) or 10
+  if ticker then ticker:stop() end
+  local stop_at = sluice.now() + secs
+  ticker = sluice.every(1 / hz, function()
+    if sluice.now() >= stop_at then ticker:stop(); return end
+    sluice.publish("bench", string.format("%.0f", sluice.now() * 1e9))
+  end)
+  return sluice.response(202)
+end)
+
+sluice.get("/count", function() return sluice.response(200, tostring(sluice.subscribers("bench"))) end)
+sluice.get("/health", function() return sluice.response(200, "ok") end)
