@@ -26,3 +26,7 @@ awk -v r0="$rss0" -v r1="$rss1" -v n="$N" -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0
   printf "gateway_cpu_during_fanout=%.1f%% of one core\n", 100*(c1-c0)/(t1-t0) }'
 wait "$LOAD" 2>/dev/null || true
 echo "client: $(cat /tmp/sluice-sub.out)"
+# Every subscriber has left: memory goes back near where it started.
+for _ in $(seq 1 300); do [ "$(curl -s "http://127.0.0.1:$GW_PORT/count")" = "0" ] && break; sleep 0.1; done
+sleep 2 # the once-a-second sweep hands memory back
+echo "after_all_left: subscribers=$(curl -s "http://127.0.0.1:$GW_PORT/count") gateway_rss_kb=$(rss_kb "$GW_PID") (was $rss0 before they came)"

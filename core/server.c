@@ -1,6 +1,8 @@
 /* server: listeners, accept, connection limits, signals, shutdown. See server.h. */
 #include "server.h"
 #include <stdio.h>
+#include <lua.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include "conn.h"
@@ -22,6 +24,14 @@ void sl_config_defaults(sl_config *cfg) {
 static void on_sweep(uv_timer_t *t) {
   sl_server *srv = t->data;
   sl_hub_sweep(&srv->hub, (double)uv_hrtime() / 1e9);
+  /* After a crowd has left, hand its memory back to the system: the Lua heap
+   * first (handles of closed connections), then malloc's free pages. */
+  if (srv->nconns > srv->peak_conns) srv->peak_conns = srv->nconns;
+  if (srv->peak_conns - srv->nconns >= 1024) {
+    if (srv->vm) lua_gc(srv->vm->L, LUA_GCCOLLECT, 0);
+    malloc_trim(0);
+    srv->peak_conns = srv->nconns;
+  }
 }
 
 int sl_server_init(sl_server *srv, uv_loop_t *loop) {

@@ -34,6 +34,7 @@ typedef struct sl_server {
   uv_signal_t sigint, sigterm;
   struct sl_conn *conns;   /* every live connection, for shutdown */
   unsigned nconns;
+  unsigned peak_conns;     /* the most connections since memory was last trimmed */
   uint64_t next_conn_id;
   uint64_t refused;        /* connections refused over max_connections */
   struct sl_vm *vm;        /* the VM new requests go to */
