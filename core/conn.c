@@ -424,6 +424,8 @@ void sl_conn_task_done(sl_conn *c, int ok) {
     sl_conn_end(c);
     return;
   }
+  /* The next request may be served by another state (after a reload): drop this one's handle. */
+  if (c->vm) sl_vm_conn_gone(c->vm, c);
   sl_req_free(c->req);
   c->req = NULL;
   c->state = SL_CS_HEAD;

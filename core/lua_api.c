@@ -225,24 +225,27 @@ static int api_log_enabled(lua_State *L) {
 
 /* config(key, value): values were checked by sluice.configure. */
 static int api_config(lua_State *L) {
-  sl_config *cfg = &vm_of(L)->srv->cfg;
+  sl_vm *vm = vm_of(L);
+  sl_config *cfg = &vm->cfg;
   const char *key = luaL_checkstring(L, 1);
   if (strcmp(key, "retry") == 0) {
     cfg->retry = opt_retry(L, 2, -1);
+    if (vm->srv->vm == vm) sl_vm_activate(vm);
     return 0;
   }
   lua_Number v = luaL_checknumber(L, 2);
   if (v < 0) return luaL_error(L, "%s must not be negative", key);
-  sl_hub *hub = &vm_of(L)->srv->hub;
   if (strcmp(key, "heartbeat") == 0) cfg->heartbeat = v;
-  else if (strcmp(key, "history") == 0) hub->history = (unsigned)(cfg->history = v);
-  else if (strcmp(key, "history_ttl") == 0) hub->ttl = cfg->history_ttl = v;
+  else if (strcmp(key, "history") == 0) cfg->history = v;
+  else if (strcmp(key, "history_ttl") == 0) cfg->history_ttl = v;
   else if (strcmp(key, "queue_limit") == 0) cfg->queue_limit = (size_t)v;
   else if (strcmp(key, "max_connections") == 0) cfg->max_connections = (unsigned)v;
   else if (strcmp(key, "max_header") == 0) cfg->max_header = (size_t)v;
   else if (strcmp(key, "max_body") == 0) cfg->max_body = (size_t)v;
   else if (strcmp(key, "header_timeout") == 0) cfg->header_timeout = v;
   else return luaL_error(L, "unknown configuration key '%s'", key);
+  /* While loading, the values wait for the load to succeed; afterwards they apply at once. */
+  if (vm->srv->vm == vm) sl_vm_activate(vm);
   return 0;
 }
 
@@ -260,6 +263,14 @@ static int channel_list(lua_State *L, int idx, sl_hub_str *out) {
     lua_pop(L, 1); /* the table still holds the string */
   }
   return n;
+}
+
+/* release(conn): the script needs no handle for this connection any more (a
+ * subscription without close hooks lives on in the hub alone). */
+static int api_release(lua_State *L) {
+  sl_conn *c = check_ud(L, 1)->c;
+  if (c && c->vm) sl_vm_conn_gone(c->vm, c);
+  return 0;
 }
 
 /* subscribe(conn, channels, last_event_id) -> replayed count, or nil, "closed" */
@@ -322,6 +333,12 @@ static int api_stats(lua_State *L) {
   lua_setfield(L, -2, "connections");
   lua_pushnumber(L, (double)srv->refused);
   lua_setfield(L, -2, "refused");
+  int states = srv->vm ? 1 : 0;
+  for (sl_vm *v = srv->retired; v; v = v->next_retired) states++;
+  lua_pushnumber(L, states);
+  lua_setfield(L, -2, "states");
+  lua_pushnumber(L, (double)srv->reloads);
+  lua_setfield(L, -2, "reloads");
   return 1;
 }
 
@@ -394,7 +411,7 @@ static int open_core(lua_State *L) {
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
-      {"subscribe", api_subscribe}, {"publish", api_publish}, {"subscribers", api_subscribers},
+      {"subscribe", api_subscribe}, {"release", api_release}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare}, {NULL, NULL}};
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);

@@ -83,6 +83,7 @@ sl_vm *sl_vm_open(sl_server *srv, const char *script, char *err, size_t errlen) 
   if (!vm) return NULL;
   vm->srv = srv;
   vm->script = strdup(script);
+  sl_config_defaults(&vm->cfg);
   vm->dispatch_ref = vm->gone_ref = LUA_NOREF;
   lua_State *L = vm->L = luaL_newstate();
   if (!L) {
@@ -122,8 +123,35 @@ sl_vm *sl_vm_open(sl_server *srv, const char *script, char *err, size_t errlen) 
   if (load_call(L, 0, 0, err, errlen)) goto fail;
   return vm;
 fail:
+  /* Whatever the script started before it failed (timers) goes with it. */
+  sl_vm_stop(vm);
   sl_vm_close(vm);
   return NULL;
+}
+
+void sl_vm_activate(sl_vm *vm) {
+  sl_server *srv = vm->srv;
+  sl_vm *old = srv->vm;
+  srv->cfg = vm->cfg;
+  srv->hub.history = (unsigned)vm->cfg.history;
+  srv->hub.ttl = vm->cfg.history_ttl;
+  srv->vm = vm;
+  if (!old || old == vm) return;
+  sl_vm_stop(old);
+  old->retired = 1;
+  old->next_retired = srv->retired;
+  srv->retired = old;
+  sl_vm_maybe_close(old);
+}
+
+void sl_vm_maybe_close(sl_vm *vm) {
+  if (!vm->retired || vm->users || vm->tasks || vm->timers) return;
+  sl_server *srv = vm->srv;
+  sl_vm **pp = &srv->retired;
+  while (*pp && *pp != vm) pp = &(*pp)->next_retired;
+  if (*pp) *pp = vm->next_retired;
+  sl_info("closed the Lua state of a previous load of %s", vm->script);
+  sl_vm_close(vm);
 }
 
 void sl_vm_close(sl_vm *vm) {
@@ -200,11 +228,17 @@ void sl_vm_push_conn(sl_vm *vm, lua_State *L, sl_conn *c) {
   lua_pushvalue(L, -1);
   c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->ud = ud;
-  c->vm = vm;
+  if (!c->vm) {
+    c->vm = vm;
+    vm->users++;
+  }
 }
 
 void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
-  c->vm = vm;
+  if (!c->vm) {
+    c->vm = vm;
+    vm->users++;
+  }
   sl_task *t = sl_task_new(vm, c);
   if (!t) {
     sl_conn_task_done(c, 0);
@@ -218,13 +252,19 @@ void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
 }
 
 void sl_vm_conn_gone(sl_vm *vm, sl_conn *c) {
-  if (c->ud_ref == LUA_NOREF) return;
-  lua_State *L = vm->L;
-  ((sl_conn_ud *)c->ud)->c = NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
-  sl_vm_pcall(L, 1, "on_close hook");
-  luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
-  c->ud_ref = LUA_NOREF;
-  c->ud = NULL;
+  if (c->ud_ref != LUA_NOREF) {
+    lua_State *L = vm->L;
+    ((sl_conn_ud *)c->ud)->c = NULL;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
+    sl_vm_pcall(L, 1, "on_close hook");
+    luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
+    c->ud_ref = LUA_NOREF;
+    c->ud = NULL;
+  }
+  if (c->vm == vm) {
+    c->vm = NULL;
+    vm->users--;
+    sl_vm_maybe_close(vm);
+  }
 }

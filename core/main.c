@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "log.h"
 #include "lua_vm.h"
+#include "reload.h"
 #include "server.h"
 
 static void usage(FILE *out) {
@@ -19,11 +20,12 @@ static void usage(FILE *out) {
           "\n"
           "options:\n"
           "  -l, --listen ADDR:PORT  where to listen (repeatable; default 127.0.0.1:8080)\n"
+          "  -w, --watch             reload when the script or a Lua module beside or below it changes\n"
           "      --log-level LEVEL   error, warn, info or debug (default info)\n"
           "  -h, --help              show this help\n"
           "  -V, --version           show the version\n"
           "\n"
-          "SIGINT and SIGTERM close every connection and exit.\n");
+          "SIGHUP reloads the script; SIGINT and SIGTERM close every connection and exit.\n");
 }
 
 /* The first line of a message: a start-up error is one line on stderr. */
@@ -37,12 +39,13 @@ static void die_first_line(const char *what, const char *msg) {
 int main(int argc, char **argv) {
   static const struct option longopts[] = {{"listen", required_argument, NULL, 'l'},
                                            {"log-level", required_argument, NULL, 'L'},
+                                           {"watch", no_argument, NULL, 'w'},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
   const char *listen[SL_MAX_LISTENERS];
-  int nlisten = 0, ch;
-  while ((ch = getopt_long(argc, argv, "l:hV", longopts, NULL)) != -1) {
+  int nlisten = 0, ch, watch = 0;
+  while ((ch = getopt_long(argc, argv, "l:whV", longopts, NULL)) != -1) {
     switch (ch) {
       case 'l':
         if (nlisten == SL_MAX_LISTENERS) {
@@ -60,6 +63,7 @@ int main(int argc, char **argv) {
         sl_log_set_level(level);
         break;
       }
+      case 'w': watch = 1; break;
       case 'h': usage(stdout); return 0;
       case 'V': printf("sluice %s\n", SLUICE_VERSION); return 0;
       default: usage(stderr); return 1;
@@ -89,13 +93,14 @@ int main(int argc, char **argv) {
   }
 
   char err[4096];
-  srv.vm = sl_vm_open(&srv, script, err, sizeof err);
+  sl_vm *vm = sl_vm_open(&srv, script, err, sizeof err);
   int status = 0;
-  if (!srv.vm) {
+  if (!vm) {
     die_first_line("", err);
     status = 1;
     goto out;
   }
+  sl_vm_activate(vm);
   for (int i = 0; i < nlisten; i++) {
     if (sl_server_listen(&srv, listen[i], err, sizeof err)) {
       fprintf(stderr, "sluice: %s\n", err);
@@ -105,6 +110,11 @@ int main(int argc, char **argv) {
     sl_info("listening on http://%s", listen[i]);
   }
   sl_server_signals(&srv);
+  if (sl_reload_init(&srv, script, watch)) {
+    fprintf(stderr, "sluice: cannot watch the folder of %s\n", script);
+    status = 1;
+    goto out;
+  }
   sl_info("sluice %s serving %s", SLUICE_VERSION, script);
   uv_run(&loop, UV_RUN_DEFAULT);
 out:
@@ -112,6 +122,11 @@ out:
   uv_run(&loop, UV_RUN_DEFAULT);
   sl_vm_close(srv.vm);
   srv.vm = NULL;
+  while (srv.retired) {
+    sl_vm *old = srv.retired;
+    srv.retired = old->next_retired;
+    sl_vm_close(old);
+  }
   /* Lua's close may have closed handles of its own. */
   uv_run(&loop, UV_RUN_DEFAULT);
   sl_server_free(&srv);

@@ -46,6 +46,7 @@ static void task_end(sl_task *t, int ok) {
     c->task = NULL;
     sl_conn_task_done(c, ok);
   }
+  sl_vm_maybe_close(t->vm);
 }
 
 static void on_wake(uv_timer_t *timer) { sl_task_resume(timer->data, 0); }
@@ -151,4 +152,5 @@ void sl_timer_stop(sl_timer *tm) {
   lua_pop(vm->L, 1);
   luaL_unref(vm->L, LUA_REGISTRYINDEX, tm->ud_ref);
   uv_close((uv_handle_t *)&tm->h, on_timer_closed);
+  sl_vm_maybe_close(vm);
 }

@@ -8,6 +8,7 @@
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "reload.h"
 
 void sl_config_defaults(sl_config *cfg) {
   cfg->heartbeat = 15;
@@ -135,6 +136,7 @@ void sl_server_stop(sl_server *srv) {
   }
   while (srv->conns) sl_conn_close(srv->conns);
   if (srv->vm) sl_vm_stop(srv->vm);
+  sl_reload_stop(srv);
 }
 
 void sl_server_free(sl_server *srv) { sl_hub_free(&srv->hub); }

@@ -38,6 +38,9 @@ typedef struct sl_server {
   uint64_t next_conn_id;
   uint64_t refused;        /* connections refused over max_connections */
   struct sl_vm *vm;        /* the VM new requests go to */
+  struct sl_vm *retired;   /* VMs replaced by a reload that still serve connections */
+  uint64_t reloads;
+  struct sl_reloader *reloader;
   sl_hub hub;
   uv_timer_t sweep;        /* expires history */
   int stopping;

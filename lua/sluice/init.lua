@@ -21,10 +21,10 @@ local hooks = {} -- conn -> list of on_close functions
 
 -- ---------------------------------------------------------------- routes
 
-function _M.route(method, pattern, handler) routes:add(method, pattern, handler) end
+function _M.route(method, pattern, handler) routes:add(method, pattern, handler, 3) end
 for _, m in ipairs { "get", "post", "put", "delete", "patch", "head", "options" } do
   local M = m:upper()
-  _M[m] = function(pattern, handler) routes:add(M, pattern, handler) end
+  _M[m] = function(pattern, handler) routes:add(M, pattern, handler, 3) end
 end
 
 function _M.configure(t) config.apply(t, core.config, 2) end
@@ -321,7 +321,10 @@ end
 
 function modes.subscribe(conn, req, m, cors)
   if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors) then return end
-  core.subscribe(conn, m.value, req.last_event_id)
+  if core.subscribe(conn, m.value, req.last_event_id) and not hooks[conn] then
+    -- The hub alone serves it from now on: the script (and its state, after a reload) can let go.
+    core.release(conn)
+  end
 end
 
 function modes.raw(conn, req, m, cors)

@@ -60,9 +60,11 @@ function _M.parse_query(qs)
   return q
 end
 
-local function compile(pattern)
+-- level: where errors point, counted from compile's caller (as error() counts from add).
+local function compile(pattern, level)
+  level = level + 1
   if type(pattern) ~= "string" or byte(pattern, 1) ~= 47 then
-    error("route pattern must be a string starting with '/': " .. tostring(pattern), 3)
+    error("route pattern must be a string starting with '/': " .. tostring(pattern), level)
   end
   local segs = {}
   local parts = {}
@@ -70,11 +72,11 @@ local function compile(pattern)
   if #parts == 1 and parts[1] == "" then parts = {} end
   for i, part in ipairs(parts) do
     if part == "*" then
-      if i ~= #parts then error("'*' may only end a route pattern: " .. pattern, 3) end
+      if i ~= #parts then error("'*' may only end a route pattern: " .. pattern, level) end
       segs[i] = { rest = true }
     elseif byte(part, 1) == 58 then -- ':'
       local name = sub(part, 2)
-      if name == "" then error("empty capture name in route pattern: " .. pattern, 3) end
+      if name == "" then error("empty capture name in route pattern: " .. pattern, level) end
       segs[i] = { param = name }
     else
       segs[i] = { lit = part }
@@ -88,17 +90,20 @@ function _M.new()
 end
 
 --- Adds a route; declaring the same method and pattern twice is an error.
-function _M:add(method, pattern, handler)
-  if type(method) ~= "string" or method == "" then error("route method must be a string", 2) end
+-- Errors point at the caller's caller `level` - 1 levels up (2, the default: add's caller).
+function _M:add(method, pattern, handler, level)
+  level = level or 2
+  if type(method) ~= "string" or method == "" then error("route method must be a string", level) end
   if type(handler) ~= "function" and not (type(handler) == "table" and getmetatable(handler) and getmetatable(handler).__call) then
-    error("route handler must be a function", 2)
+    error("route handler must be a function", level)
   end
   method = upper(method)
   local key = method .. " " .. tostring(pattern)
-  if self.seen[key] then error("route declared twice: " .. key, 2) end
+  local segs = compile(pattern, level)
+  if self.seen[key] then error("route declared twice: " .. key, level) end
   self.seen[key] = true
   local routes = self.routes
-  routes[#routes + 1] = { method = method, pattern = pattern, segs = compile(pattern), handler = handler }
+  routes[#routes + 1] = { method = method, pattern = pattern, segs = segs, handler = handler }
 end
 
 local function match_segs(rsegs, segs)
