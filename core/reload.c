@@ -27,6 +27,7 @@ typedef struct sl_reloader {
   uv_fs_event_t *watchers[SL_MAX_WATCHED];
   int nwatchers;
   int stopped;
+  int closing; /* handles whose close callback has yet to run */
 } sl_reloader;
 
 static void on_debounced(uv_timer_t *t) {
@@ -131,6 +132,7 @@ int sl_reload_init(sl_server *srv, const char *script, int watch) {
 
 static void on_reloader_closed(uv_handle_t *h) {
   sl_reloader *r = h->data;
+  if (--r->closing) return;
   free(r->script);
   free(r->dir);
   free(r);
@@ -142,6 +144,7 @@ void sl_reload_stop(sl_server *srv) {
   r->stopped = 1;
   srv->reloader = NULL;
   unwatch(r);
-  uv_close((uv_handle_t *)&r->sighup, NULL);
+  r->closing = 2;
+  uv_close((uv_handle_t *)&r->sighup, on_reloader_closed);
   uv_close((uv_handle_t *)&r->debounce, on_reloader_closed);
 }

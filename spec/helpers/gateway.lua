@@ -132,12 +132,8 @@ function _M.start(script, opts)
   _M.wait_for(function()
     local p = wait.wait(self.pid, wait.WNOHANG)
     if p == self.pid then error("sluice exited at start-up:\n" .. _M.read_file(self.log)) end
-    if opts.prefix then return _M.read_file(self.log):find("serving", 1, true) end
-    local c = socket.tcp()
-    c:settimeout(0.2)
-    local ok = c:connect("127.0.0.1", port)
-    c:close()
-    return ok
+    -- "serving" is logged once listeners, signals and watchers are all set up
+    return _M.read_file(self.log):find("] sluice [^\n]* serving ")
   end, 10, "sluice to listen")
   return self
 end
