@@ -5,7 +5,10 @@
 #include "lua_api.h"
 #include <errno.h>
 #include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -354,6 +357,50 @@ static int api_secure_compare(lua_State *L) {
   return 1;
 }
 
+/* stat(path) -> "file" | "dir" | "other", size, mtime (seconds); or nil, message */
+static int api_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0) return fail(L, strerror(errno));
+  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : "other");
+  lua_pushnumber(L, (double)st.st_size);
+  lua_pushnumber(L, (double)st.st_mtime);
+  return 3;
+}
+
+/* realpath(path) -> the canonical absolute path (symlinks resolved), or nil, message */
+static int api_realpath(lua_State *L) {
+  char *r = realpath(luaL_checkstring(L, 1), NULL);
+  if (!r) return fail(L, strerror(errno));
+  lua_pushstring(L, r);
+  free(r);
+  return 1;
+}
+
+/* read_file(path, max) -> contents, or nil, message. For small static files:
+ * the read is synchronous, and files over max bytes are refused. */
+static int api_read_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Number max = luaL_checknumber(L, 2);
+  FILE *f = fopen(path, "rb");
+  if (!f) return fail(L, strerror(errno));
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (lua_Number)st.st_size > max) {
+    fclose(f);
+    return fail(L, "not a regular file of allowed size");
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  char chunk[16384];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) luaL_addlstring(&b, chunk, n);
+  int err = ferror(f);
+  fclose(f);
+  if (err) return fail(L, "read error");
+  luaL_pushresult(&b);
+  return 1;
+}
+
 /* timer(after, repeat, fn) -> a timer handle with :stop() */
 static int api_timer(lua_State *L) {
   double after = luaL_checknumber(L, 1), repeat = luaL_checknumber(L, 2);
@@ -412,7 +459,8 @@ static int open_core(lua_State *L) {
       {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"release", api_release}, {"publish", api_publish}, {"subscribers", api_subscribers},
-      {"stats", api_stats},     {"secure_compare", api_secure_compare}, {NULL, NULL}};
+      {"stats", api_stats},     {"secure_compare", api_secure_compare},
+      {"stat", api_stat},       {"realpath", api_realpath}, {"read_file", api_read_file}, {NULL, NULL}};
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);

@@ -29,6 +29,15 @@ end
 
 function _M.configure(t) config.apply(t, core.config, 2) end
 
+--- sluice.static(prefix, dir): serves the files under dir (relative to the script) at prefix.
+function _M.static(prefix, dir)
+  if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then error("sluice.static expects a prefix starting with '/'", 2) end
+  local real = require("sluice.static").resolve(dir)
+  local handler = require("sluice.static").handler(prefix, real, _M.response)
+  -- "/assets/*" also matches "/assets" (an empty rest), which redirects to "/assets/"
+  routes:add("GET", prefix:gsub("/+$", "") .. "/*", handler, 3)
+end
+
 -- ---------------------------------------------------------------- values a handler returns
 
 local Response = { __name = "sluice.response" }
