@@ -6,11 +6,12 @@
 -- POST /publish/:room             posts the body (JSON {"user":..,"text":..} or plain text);
 --                                 needs "Authorization: Bearer $CHAT_TOKEN", compared in constant time
 -- GET  /rooms/:room/online        how many are reading the room now
--- GET  /                          a page to read and post (examples/chat/index.html)
+-- GET  /                          a page to read and post (examples/pages/chat; ?room=NAME)
 --
 -- Run:   CHAT_TOKEN=secret ./build/sluice examples/chat.lua
 -- Try:   curl -N http://127.0.0.1:8080/events/lobby
 --        curl -H 'Authorization: Bearer secret' -d '{"user":"ann","text":"hi"}' http://127.0.0.1:8080/publish/lobby
+--        open http://127.0.0.1:8080/ in two browser tabs, give the token, and talk
 local sluice = require "sluice"
 
 local TOKEN = os.getenv("CHAT_TOKEN")
@@ -49,3 +50,7 @@ sluice.get("/rooms/:room/online", function(req)
 end)
 
 sluice.get("/health", function() return sluice.response(200, "ok") end)
+
+-- The web page (examples/pages/chat) and the stylesheet the pages share.
+sluice.static("/assets", "pages/assets")
+sluice.static("/", "pages/chat")

@@ -8,6 +8,7 @@
 -- Run:   ./build/sluice examples/presence.lua
 -- Try:   curl -N 'http://127.0.0.1:8080/presence?name=ann'      (in two terminals, with other names)
 --        curl -d 'hello all' http://127.0.0.1:8080/shout
+--        open http://127.0.0.1:8080/?name=ann in a browser (and ?name=bob in another tab)
 local sluice = require "sluice"
 
 local clients = {} -- conn.id -> { conn =, name = }
@@ -43,3 +44,7 @@ end)
 sluice.every(5, function() broadcast({ time = os.date("!%H:%M:%S"), online = #names() }, "clock") end)
 
 sluice.get("/health", function() return sluice.response(200, "ok") end)
+
+-- The web page (examples/pages/presence) and the stylesheet the pages share.
+sluice.static("/assets", "pages/assets")
+sluice.static("/", "pages/presence")

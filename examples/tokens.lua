@@ -7,6 +7,7 @@
 --
 -- Run:   ./build/sluice examples/tokens.lua
 -- Try:   curl -N 'http://127.0.0.1:8080/chat?prompt=hello'
+--        open http://127.0.0.1:8080/ in a browser, and ask
 local sluice = require "sluice"
 
 local answer = [[Server-Sent Events keep one HTTP response open and send text events down it. ]] ..
@@ -32,3 +33,7 @@ sluice.get("/chat", function(req)
 end)
 
 sluice.get("/health", function() return sluice.response(200, "ok") end)
+
+-- The web page (examples/pages/tokens) and the stylesheet the pages share.
+sluice.static("/assets", "pages/assets")
+sluice.static("/", "pages/tokens")
