@@ -6,19 +6,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libluajit2-5.1-dev luajit2 libuv1-dev node-llhttp
-      lua-busted lua-socket lua-cjson lua-posix valgrind iproute2 curl procps python3)
+      lua-busted lua-socket lua-cjson lua-posix valgrind iproute2 curl procps python3 chromium)
 
 install_deps() {
   local missing=() p
   for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "dev.sh: installing ${missing[*]}" >&2
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Node.js for the browser specs: the machine's own if it has one (playwright-core wants 20+).
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "dev.sh: installing ${missing[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# playwright-core for the browser specs, at the version package-lock.json pins.
+install_browser_deps() {
+  [ -d spec/browser/node_modules/playwright-core ] && return 0
+  (cd spec/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 }
 
 build() {
@@ -39,6 +48,7 @@ case "${1:-}" in
     ;;
   test)
     install_deps
+    install_browser_deps
     build build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
     (cd build-asan && ctest --output-on-failure)
     build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_VALGRIND_TESTS=ON
