@@ -2,10 +2,13 @@
  * events they receive. With -L, each event's data must start with the publish
  * time (CLOCK_MONOTONIC nanoseconds) and the delivery latency is reported.
  *
- *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L]
+ *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L] [-G]
+ *
+ * With -G, every event must carry a numeric id one more than the one before on
+ * the same connection; each break is counted as a gap.
  *
  * Prints one summary line per run:
- *   connected=N failed=N events=N events_per_sec=N [p50_us=N p99_us=N]
+ *   connected=N failed=N events=N events_per_sec=N [id_gaps=N] [p50_us=N p99_us=N]
  * and "ready N" on stderr once all connections have their response head. */
 #include <getopt.h>
 #include <stdio.h>
@@ -19,14 +22,16 @@ typedef struct client {
   uv_connect_t creq;
   uv_write_t wreq;
   int state;     /* 0 connecting, 1 head pending, 2 streaming, 3 dead */
-  int nl;        /* consecutive newlines seen, for event ends */
-  char line[64]; /* the start of the current data line, for -L */
-  int linelen, in_data_start;
+  int nl;        /* newlines seen in a row in the head */
+  char line[64]; /* the start of the current line */
+  int linelen;
+  unsigned long long last_id; /* for -G */
 } client;
 
 static struct {
   const char *path;
-  int port, n, concurrent, latency;
+  int port, n, concurrent, latency, gapcheck;
+  uint64_t gaps;
   double duration;
   int started, connected, failed, inflight_connects, ready_said;
   uint64_t events, t_start;
@@ -52,17 +57,31 @@ static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
   b->len = sizeof g.rbuf;
 }
 
-static void record_latency(client *c) {
-  c->line[c->linelen] = '\0';
+static void record_latency(const char *v) {
   char *end;
-  unsigned long long ts = strtoull(c->line, &end, 10);
-  if (end == c->line) return;
+  unsigned long long ts = strtoull(v, &end, 10);
+  if (end == v) return;
   uint64_t now = now_ns();
   if (g.nlat == g.cap) {
     g.cap = g.cap ? g.cap * 2 : 1 << 16;
     g.lat = realloc(g.lat, g.cap * sizeof *g.lat);
   }
   g.lat[g.nlat++] = now > ts ? now - ts : 0;
+}
+
+/* A complete line of the body (its first 63 bytes). */
+static void on_line(client *c) {
+  c->line[c->linelen] = '\0';
+  if (c->linelen == 0) {
+    g.events++;
+    return;
+  }
+  if (g.latency && strncmp(c->line, "data: ", 6) == 0) record_latency(c->line + 6);
+  if (g.gapcheck && strncmp(c->line, "id: ", 4) == 0) {
+    unsigned long long id = strtoull(c->line + 4, NULL, 10);
+    if (c->last_id && id != c->last_id + 1) g.gaps++;
+    c->last_id = id;
+  }
 }
 
 static void scan(client *c, const char *p, size_t n) {
@@ -73,7 +92,7 @@ static void scan(client *c, const char *p, size_t n) {
       if (ch == '\n') {
         if (++c->nl == 2) {
           c->state = 2;
-          c->nl = 1;
+          c->linelen = 0;
           if (++g.connected == g.n && !g.ready_said) {
             g.ready_said = 1;
             fprintf(stderr, "ready %d\n", g.connected);
@@ -83,25 +102,10 @@ static void scan(client *c, const char *p, size_t n) {
       continue;
     }
     if (ch == '\n') {
-      if (c->in_data_start) record_latency(c);
-      c->in_data_start = 0;
-      if (++c->nl == 2) g.events++;
+      on_line(c);
       c->linelen = 0;
-      continue;
-    }
-    if (c->nl) {
-      /* a new line begins */
-      c->nl = 0;
-      c->linelen = 0;
-    }
-    if (g.latency && c->linelen < 63) {
+    } else if (c->linelen < 63) {
       c->line[c->linelen++] = ch;
-      if (c->linelen == 6 && memcmp(c->line, "data: ", 6) == 0) {
-        c->linelen = 0;
-        c->in_data_start = 1;
-      } else if (!c->in_data_start && c->linelen >= 6) {
-        c->linelen = 63; /* not a data line: stop collecting */
-      }
     }
   }
 }
@@ -167,6 +171,7 @@ static void on_stop(uv_timer_t *t) {
   double secs = (double)(now_ns() - g.t_start) / 1e9;
   printf("connected=%d failed=%d events=%llu events_per_sec=%.0f", g.connected, g.failed,
          (unsigned long long)g.events, (double)g.events / secs);
+  if (g.gapcheck) printf(" id_gaps=%llu", (unsigned long long)g.gaps);
   if (g.latency && g.nlat) {
     qsort(g.lat, g.nlat, sizeof *g.lat, cmp);
     printf(" samples=%zu p50_us=%.0f p99_us=%.0f max_us=%.0f", g.nlat, g.lat[g.nlat / 2] / 1e3,
@@ -183,7 +188,7 @@ int main(int argc, char **argv) {
   g.duration = 10;
   g.concurrent = 200;
   int ch;
-  while ((ch = getopt(argc, argv, "p:P:n:d:c:L")) != -1) {
+  while ((ch = getopt(argc, argv, "p:P:n:d:c:LG")) != -1) {
     switch (ch) {
       case 'p': g.port = atoi(optarg); break;
       case 'P': g.path = optarg; break;
@@ -191,7 +196,8 @@ int main(int argc, char **argv) {
       case 'd': g.duration = atof(optarg); break;
       case 'c': g.concurrent = atoi(optarg); break;
       case 'L': g.latency = 1; break;
-      default: fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L]\n"); return 2;
+      case 'G': g.gapcheck = 1; break;
+      default: fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L] [-G]\n"); return 2;
     }
   }
   if (!g.port) {
