@@ -25,6 +25,20 @@ void sl_buf_unref(sl_buf *b) {
   if (b && --b->refs == 0) free(b);
 }
 
+int sl_append(char **data, size_t *len, size_t *cap, const void *p, size_t n, size_t first) {
+  if (*len + n > *cap) {
+    size_t c = *cap ? *cap : first;
+    while (c < *len + n) c *= 2;
+    char *nd = realloc(*data, c);
+    if (!nd) return -ENOMEM;
+    *data = nd;
+    *cap = c;
+  }
+  if (n) memcpy(*data + *len, p, n);
+  *len += n;
+  return 0;
+}
+
 void sl_sb_init(sl_sb *sb, size_t hint) {
   sb->cap = hint < 64 ? 64 : hint;
   sb->b = sl_buf_new(sb->cap);

@@ -18,6 +18,10 @@ sl_buf *sl_buf_from(const void *p, size_t len);
 static inline sl_buf *sl_buf_ref(sl_buf *b) { b->refs++; return b; }
 void sl_buf_unref(sl_buf *b);
 
+/* Appends p[0..n) to the growable byte array *data (len used, cap allocated),
+ * doubling from `first` bytes as needed. 0 or -ENOMEM (nothing changed). */
+int sl_append(char **data, size_t *len, size_t *cap, const void *p, size_t n, size_t first);
+
 /* A builder appends into a heap sl_buf that grows by doubling. Once an append
  * fails (out of memory) every later append fails too and finish returns NULL. */
 typedef struct sl_sb {

@@ -331,17 +331,7 @@ static int keep(sl_conn *c, const char *p, size_t n) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
   }
-  if (c->inlen + n > c->incap) {
-    size_t cap = c->incap ? c->incap : 1024;
-    while (cap < c->inlen + n) cap *= 2;
-    char *ni = realloc(c->in, cap);
-    if (!ni) return -1;
-    c->in = ni;
-    c->incap = cap;
-  }
-  memcpy(c->in + c->inlen, p, n);
-  c->inlen += n;
-  return 0;
+  return sl_append(&c->in, &c->inlen, &c->incap, p, n, 1024);
 }
 
 static void dispatch(sl_conn *c) {

@@ -29,17 +29,7 @@ static int head_add(llhttp_t *p, const char *at, size_t len) {
   sl_conn *c = conn_of(p);
   sl_req *r = c->req;
   if (r->head_len + len > c->srv->cfg.max_header) return reject(p, 431);
-  if (r->head_len + len > r->head_cap) {
-    size_t cap = r->head_cap ? r->head_cap : 512;
-    while (cap < r->head_len + len) cap *= 2;
-    char *nh = realloc(r->head, cap);
-    if (!nh) return reject(p, 503);
-    r->head = nh;
-    r->head_cap = cap;
-  }
-  memcpy(r->head + r->head_len, at, len);
-  r->head_len += len;
-  return 0;
+  return sl_append(&r->head, &r->head_len, &r->head_cap, at, len, 512) ? reject(p, 503) : 0;
 }
 
 static int on_message_begin(llhttp_t *p) {
@@ -111,17 +101,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   sl_conn *c = conn_of(p);
   sl_req *r = c->req;
   if (r->body_len + len > c->srv->cfg.max_body) return reject(p, 413);
-  if (r->body_len + len > r->body_cap) {
-    size_t cap = r->body_cap ? r->body_cap : 1024;
-    while (cap < r->body_len + len) cap *= 2;
-    char *nb = realloc(r->body, cap);
-    if (!nb) return reject(p, 503);
-    r->body = nb;
-    r->body_cap = cap;
-  }
-  memcpy(r->body + r->body_len, at, len);
-  r->body_len += len;
-  return 0;
+  return sl_append(&r->body, &r->body_len, &r->body_cap, at, len, 1024) ? reject(p, 503) : 0;
 }
 
 static int on_message_complete(llhttp_t *p) {

@@ -47,5 +47,13 @@ int main(void) {
   sl_buf *f = sl_sb_finish(&sb);
   CHECK(f && f->len == sizeof big + 1 && f->data[0] == '<' && f->data[f->len - 1] == '>');
   sl_buf_unref(f);
+  /* sl_append grows from `first` by doubling and keeps what was there. */
+  char *data = NULL;
+  size_t len = 0, cap = 0;
+  CHECK(sl_append(&data, &len, &cap, "abc", 3, 2) == 0 && cap == 4 && len == 3);
+  CHECK(sl_append(&data, &len, &cap, "defgh", 5, 2) == 0 && cap == 8 && len == 8);
+  CHECK(sl_append(&data, &len, &cap, "", 0, 2) == 0 && len == 8);
+  CHECK_STR(data, len, "abcdefgh");
+  free(data);
   return check_done("test_buf");
 }
