@@ -67,6 +67,16 @@ describe("hot reload", function()
     gw.wait_for(function() return reloads() == n + 1 end, 10, "the SIGHUP reload")
   end)
 
+  it("reloads when a module in a folder below the script changes", function()
+    assert(os.execute("mkdir -p " .. dir .. "/lib/deep"))
+    gw.write_file(dir .. "/lib/deep/extra.lua", "return 'x1'\n")
+    save(script, app("v2", 'sluice.get("/extra", function() return sluice.response(200, require("lib.deep.extra")) end)'))
+    gw.wait_for(function() return get("/extra") == "x1" end, 10, "the script that uses the module")
+    -- the folders are watched again after each reload, so the new one is seen
+    save(dir .. "/lib/deep/extra.lua", "return 'x2'\n")
+    gw.wait_for(function() return get("/extra") == "x2" end, 10, "the changed module")
+  end)
+
   it("keeps the previous script serving when the new one fails to load", function()
     local n = reloads()
     for i, broken in ipairs {
