@@ -112,13 +112,13 @@ static void flush(sl_conn *c);
 
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
-  for (unsigned i = 0; i < c->inflight; i++) {
-    c->queued -= c->q[i]->len;
-    sl_buf_unref(c->q[i]);
-  }
+  for (unsigned i = 0; i < c->inflight; i++) sl_buf_unref(c->q[i]);
+  c->queued -= c->inflight_bytes;
   c->qlen -= c->inflight;
   memmove(c->q, c->q + c->inflight, c->qlen * sizeof *c->q);
   c->inflight = 0;
+  c->inflight_bytes = 0;
+  c->qoff = 0;
   if (c->closing) return;
   if (status < 0) {
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(status));
@@ -126,21 +126,61 @@ static void on_written(uv_write_t *req, int status) {
     return;
   }
   if (c->qlen) flush(c);
-  else if (c->ending) {
+  if (c->closing) return;
+  if (!c->qlen && c->ending) {
     sl_conn_close(c);
     return;
   }
   if (c->task && c->task->waiting && c->queued < c->hwm) sl_task_drained(c->task);
 }
 
+/* The first n queued buffers as iovecs (the first one from its offset); returns their bytes. */
+static size_t iov(sl_conn *c, uv_buf_t *bufs, unsigned n) {
+  size_t total = 0;
+  for (unsigned i = 0; i < n; i++) {
+    size_t off = i == 0 ? c->qoff : 0;
+    bufs[i] = uv_buf_init(c->q[i]->data + off, (unsigned)(c->q[i]->len - off));
+    total += bufs[i].len;
+  }
+  return total;
+}
+
+/* Writes what is queued. It first writes straight to the socket (uv_try_write):
+ * an idle subscriber's socket takes a whole event at once, and no write
+ * request, callback or epoll change is needed. What the kernel does not take
+ * goes to one uv_write of every buffer left. */
 static void flush(sl_conn *c) {
   uv_buf_t bufs[SL_MAX_IOV];
+  while (c->qlen) {
+    unsigned n = c->qlen < SL_MAX_IOV ? c->qlen : SL_MAX_IOV;
+    iov(c, bufs, n);
+    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (w == UV_EAGAIN) w = 0;
+    if (w < 0) {
+      sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(w));
+      sl_conn_close(c);
+      return;
+    }
+    c->queued -= (size_t)w;
+    size_t rem = (size_t)w;
+    unsigned k = 0;
+    while (k < n && rem >= bufs[k].len) {
+      rem -= bufs[k].len;
+      sl_buf_unref(c->q[k++]);
+    }
+    c->qlen -= k;
+    memmove(c->q, c->q + k, c->qlen * sizeof *c->q);
+    c->qoff = k == 0 ? c->qoff + rem : rem;
+    if (k < n) break; /* the kernel's buffer is full */
+  }
+  if (!c->qlen) return;
   unsigned n = c->qlen < SL_MAX_IOV ? c->qlen : SL_MAX_IOV;
-  for (unsigned i = 0; i < n; i++) bufs[i] = uv_buf_init(c->q[i]->data, (unsigned)c->q[i]->len);
+  c->inflight_bytes = iov(c, bufs, n);
   c->inflight = n;
   int r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_written);
   if (r < 0) {
     c->inflight = 0;
+    c->inflight_bytes = 0;
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(r));
     sl_conn_close(c);
   }
@@ -165,7 +205,7 @@ int sl_conn_write(sl_conn *c, sl_buf *b) {
   c->bytes_sent += b->len;
   c->wrote = 1;
   if (!c->inflight) flush(c);
-  return 0;
+  return c->closing ? -EPIPE : 0;
 }
 
 int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len) {

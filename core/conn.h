@@ -34,9 +34,11 @@ typedef struct sl_conn {
   sl_req *req;               /* the request being read or served */
   char *in;                  /* bytes received while a request is served */
   size_t inlen, incap;
-  sl_buf **q;                /* write queue; the first `inflight` entries are being written */
+  sl_buf **q;                /* write queue; the first `inflight` entries are in a uv_write */
   unsigned qlen, qcap, inflight;
-  size_t queued;             /* bytes in q */
+  size_t queued;             /* bytes in q not yet written */
+  size_t qoff;               /* bytes of q[0] already written */
+  size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
   size_t hwm;                /* high-water mark for generators */
   uint64_t bytes_sent;       /* bytes queued for the current response */
   uint64_t started;          /* uv_hrtime() when the current request began */
