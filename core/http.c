@@ -89,11 +89,31 @@ static int on_header_value_complete(llhttp_t *p) {
   return 0;
 }
 
+/* Whether the request asks for "100 Continue" before it sends its body. */
+static int expects_continue(sl_req *r) {
+  for (unsigned i = 0; i < r->nhdrs; i++) {
+    sl_hdr *h = &r->hdrs[i];
+    if (h->name_len == 6 && strncasecmp(r->head + h->name, "expect", 6) == 0 && h->value_len == 12 &&
+        strncasecmp(r->head + h->value, "100-continue", 12) == 0)
+      return 1;
+  }
+  return 0;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   sl_conn *c = conn_of(p);
   if ((p->flags & F_CONTENT_LENGTH) && (p->flags & F_TRANSFER_ENCODING)) return reject(p, 400);
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->cfg.max_body) return reject(p, 413);
   uv_timer_stop(&c->timer);
+  int has_body = (p->flags & F_TRANSFER_ENCODING) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  if (has_body && p->http_minor >= 1 && expects_continue(c->req)) {
+    /* Tell the client to send the body now rather than after its own wait (curl waits a second). */
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    sl_buf *b = sl_buf_from(cont, sizeof cont - 1);
+    if (b) sl_conn_write(c, b);
+    sl_buf_unref(b);
+    c->bytes_sent = 0;
+  }
   return 0;
 }
 

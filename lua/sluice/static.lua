@@ -42,7 +42,7 @@ end
 
 --- A segment is safe when it cannot step out of or hide in the folder.
 local function safe_segment(seg)
-  return seg ~= "" and seg ~= "." and seg ~= ".." and not find(seg, "[/\\%z]")
+  return seg ~= "" and seg ~= "." and seg ~= ".." and not find(seg, "[/\\%c]")
 end
 
 --- Returns a handler serving dir (an absolute, canonical path).

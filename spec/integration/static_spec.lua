@@ -52,7 +52,7 @@ describe("static files", function()
       "/sub%2F..%2F..%2Foutside/secret.txt", "/.%2e/outside/secret.txt", "/..%5Coutside%5Csecret.txt",
       "/leak.txt", "/leakdir/secret.txt", "/leakdir/", "/assets/../outside/secret.txt",
       "/assets/%2e%2e/outside/secret.txt", "/site.css%00.html", "/./site.css",
-      "//etc/passwd", "/%2Fetc%2Fpasswd",
+      "//etc/passwd", "/%2Fetc%2Fpasswd", "/sub%0d%0aX-Injected:%20yes/", "/sub%0a",
     } do
       local res = s:raw("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
       assert.is_true(res.status == 404 or res.status == 400, path .. " got " .. tostring(res.status))
