@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # dev.sh: installs what Sluice needs on Debian 12, builds it, and runs it or its tests.
 #   bash scripts/dev.sh run [sluice options]   build, then serve examples/hello.lua on 127.0.0.1:8080
-#   bash scripts/dev.sh test                   build twice (ASan+UBSan, then normal) and run every test
+#   bash scripts/dev.sh test                   build three ways (ASan+UBSan, fuzzing, normal) and run every test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libluajit2-5.1-dev luajit2 libuv1-dev node-llhttp
-      lua-busted lua-socket lua-cjson lua-posix valgrind iproute2 curl procps python3 chromium)
+      lua-busted lua-socket lua-cjson lua-posix valgrind iproute2 curl procps python3 chromium
+      clang libclang-rt-14-dev)
 
 install_deps() {
   local missing=() p
@@ -34,7 +35,7 @@ build() {
   local dir=$1
   shift
   cmake -S . -B "$dir" "$@" >/dev/null
-  cmake --build "$dir" -j"$(nproc)"
+  cmake --build "$dir" -j"$(nproc)" ${TARGETS:+--target $TARGETS}
 }
 
 case "${1:-}" in
@@ -51,6 +52,9 @@ case "${1:-}" in
     install_browser_deps
     build build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
     (cd build-asan && ctest --output-on-failure)
+    # libFuzzer targets (clang): the HTTP request path and the SSE encoder, 20 s each
+    CC=clang TARGETS="fuzz_http fuzz_sse" build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON
+    (cd build-fuzz && ctest --output-on-failure -R '^fuzz_')
     build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_VALGRIND_TESTS=ON
     cd build && ctest --output-on-failure
     ;;
