@@ -6,28 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../sse.h"
-
-/* The data buffer a browser builds from one event (WHATWG 9.2.6), its length returned. */
-static size_t parse_data(const char *s, size_t n, char *out, int *events) {
-  size_t o = 0, i = 0;
-  *events = 0;
-  while (i < n) {
-    size_t j = i;
-    while (j < n && s[j] != '\n' && s[j] != '\r') j++;
-    if (j == i) (*events)++;
-    else if (j - i >= 5 && memcmp(s + i, "data:", 5) == 0) {
-      size_t v = i + 5;
-      if (v < j && s[v] == ' ') v++;
-      memcpy(out + o, s + v, j - v);
-      o += j - v;
-      out[o++] = '\n';
-    }
-    if (j < n && s[j] == '\r' && j + 1 < n && s[j + 1] == '\n') j++;
-    i = j + 1;
-  }
-  if (o && out[o - 1] == '\n') o--;
-  return o;
-}
+#include "whatwg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
   if (size < 2) return 0;
@@ -51,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
   /* The event is the only one in the buffer, and its data comes back with every line end as LF. */
   char *back = malloc(b->len + 1);
   int events;
-  size_t m = parse_data(b->data, b->len, back, &events);
+  size_t m = whatwg_data(b->data, b->len, back, &events);
   if (events != 1) abort();
   size_t k = 0;
   for (size_t i = 0; i < len; i++) {

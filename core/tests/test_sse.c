@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include "../sse.h"
+#include "whatwg.h"
 #include "check.h"
 
 static sl_buf *event(const char *data, size_t len, const char *id, const char *ev, long long retry, int *rc) {
@@ -19,26 +20,6 @@ static sl_buf *event(const char *data, size_t len, const char *id, const char *e
     CHECK_STR(b_->data, b_->len, want);                              \
     sl_buf_unref(b_);                                                \
   } while (0)
-
-/* A minimal WHATWG parser for one event, to check round trips: returns the data buffer. */
-static size_t parse_data(const char *s, size_t n, char *out) {
-  size_t o = 0, i = 0;
-  while (i < n) {
-    size_t j = i;
-    while (j < n && s[j] != '\n' && s[j] != '\r') j++;
-    if (j > i && j - i >= 5 && memcmp(s + i, "data:", 5) == 0) {
-      size_t v = i + 5;
-      if (v < j && s[v] == ' ') v++;
-      memcpy(out + o, s + v, j - v);
-      o += j - v;
-      out[o++] = '\n';
-    }
-    if (j < n && s[j] == '\r' && j + 1 < n && s[j + 1] == '\n') j++;
-    i = j + 1;
-  }
-  if (o && out[o - 1] == '\n') o--;
-  return o;
-}
 
 int main(void) {
   int rc;
@@ -93,7 +74,9 @@ int main(void) {
   b = event(big, n, "big", NULL, -1, &rc);
   CHECK(rc == 0 && b->len > n);
   CHECK(b->data[b->len - 1] == '\n' && b->data[b->len - 2] == '\n');
-  size_t m = parse_data(b->data, b->len, back);
+  int events;
+  size_t m = whatwg_data(b->data, b->len, back, &events);
+  CHECK(events == 1);
   CHECK(m == n);
   int same = m == n;
   for (size_t i = 0; same && i < n; i++) same = back[i] == (big[i] == '\r' ? '\n' : big[i]);
