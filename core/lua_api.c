@@ -47,49 +47,59 @@ static int check_header_text(const char *s, size_t n) {
   return 0;
 }
 
-/* Appends the headers of the table at idx (name -> string or list of strings). */
-static void add_headers(lua_State *L, int idx, sl_sb *sb) {
-  if (lua_isnoneornil(L, idx)) return;
-  luaL_checktype(L, idx, LUA_TTABLE);
+/* Calls fn(name, value) for every header of the table at idx (name -> string or
+ * list of strings). With check set it raises for a bad name or value; without,
+ * it skips them (the table was checked before). */
+static void each_header(lua_State *L, int idx, int check, sl_sb *sb) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    size_t nl;
-    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
-    const char *name = lua_tolstring(L, -2, &nl);
-    if (!nl || check_header_text(name, nl) || memchr(name, ':', nl) || memchr(name, ' ', nl))
-      luaL_error(L, "bad header name '%s'", name);
+    size_t nl = 0;
+    const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
+    int bad_name = !name || !nl || check_header_text(name, nl) || memchr(name, ':', nl) || memchr(name, ' ', nl);
+    if (bad_name && check) luaL_error(L, "bad header name '%s'", name ? name : "(not a string)");
     int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 1;
-    for (int i = 1; i <= n; i++) {
+    for (int i = 1; i <= n && !bad_name; i++) {
       if (lua_istable(L, -1)) lua_rawgeti(L, -1, i);
       else lua_pushvalue(L, -1);
       size_t vl;
-      const char *v = lua_tolstring(L, -1, &vl);
-      if (!v) luaL_error(L, "header '%s' must be a string", name);
-      if (check_header_text(v, vl)) luaL_error(L, "header '%s' may not contain CR, LF or NUL", name);
-      sl_sb_add(sb, name, nl);
-      sl_sb_add(sb, ": ", 2);
-      sl_sb_add(sb, v, vl);
-      sl_sb_add(sb, "\r\n", 2);
+      const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ? lua_tolstring(L, -1, &vl) : NULL;
+      if (check && !v) luaL_error(L, "header '%s' must be a string", name);
+      if (check && check_header_text(v, vl)) luaL_error(L, "header '%s' may not contain CR, LF or NUL", name);
+      if (sb && v) {
+        sl_sb_add(sb, name, nl);
+        sl_sb_add(sb, ": ", 2);
+        sl_sb_add(sb, v, vl);
+        sl_sb_add(sb, "\r\n", 2);
+      }
       lua_pop(L, 1);
     }
     lua_pop(L, 1);
   }
 }
 
+/* Builds the headers of the table at idx into sb. Everything that can raise is
+ * checked before sb allocates, so an error never leaks it. */
+static void add_headers(lua_State *L, int idx, sl_sb *sb) {
+  if (!lua_isnoneornil(L, idx)) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    each_header(L, idx, 1, NULL);
+  }
+  sl_sb_init(sb, 256);
+  if (!lua_isnoneornil(L, idx)) each_header(L, idx, 0, sb);
+}
+
 /* respond(conn, status, body, headers) */
 static int api_respond(lua_State *L) {
-  sl_conn_ud *ud = check_ud(L, 1);
+  check_ud(L, 1);
   int status = (int)luaL_checkinteger(L, 2);
   size_t len = 0;
   const char *body = luaL_optlstring(L, 3, "", &len);
   if (status < 100 || status > 999) return luaL_error(L, "bad status %d", status);
   sl_sb sb;
-  sl_sb_init(&sb, 128);
   add_headers(L, 4, &sb);
   sl_conn *c = live_conn(L, 1);
   int r = c ? sl_conn_respond(c, status, &sb, body, len) : -EPIPE;
   sl_sb_free(&sb);
-  (void)ud;
   if (r == -EALREADY) return luaL_error(L, "the response was already sent");
   return r ? fail(L, "closed") : (lua_pushboolean(L, 1), 1);
 }
@@ -109,7 +119,6 @@ static int api_start(lua_State *L) {
   long long retry = opt_retry(L, 4, vm->srv->cfg.retry);
   double heartbeat = luaL_optnumber(L, 5, vm->srv->cfg.heartbeat);
   sl_sb sb;
-  sl_sb_init(&sb, 256);
   add_headers(L, 3, &sb);
   sl_conn *c = live_conn(L, 1);
   int r = c ? sl_conn_start_stream(c, status, &sb, heartbeat) : -EPIPE;

@@ -299,6 +299,19 @@ describe("routes and requests", function()
     assert.matches("handler returned a boolean", s:logs())
   end)
 
+  it("sends header lists and numbers, and refuses header injection with 500", function()
+    local res = s:request("GET", "/headers/list")
+    assert.equal("a=1, b=2", res.headers["set-cookie"])
+    assert.equal("5", res.headers["x-number"])
+    for _, p in ipairs { "/headers/crlf", "/headers/name", "/headers/sse" } do
+      res = s:request("GET", p)
+      assert.equal(500, res.status, p)
+      assert.is_nil(res.headers.injected)
+    end
+    assert.matches("may not contain CR, LF or NUL", s:logs())
+    assert.matches("bad header name 'Bad Name'", s:logs())
+  end)
+
   it("writes one access line per request", function()
     s:request("GET", "/users/77")
     gw.wait_for(function() return s:logs():find("127.0.0.1 GET /users/77 200 %d+ [%d.]+ms") end, 5, "access line")
