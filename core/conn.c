@@ -331,6 +331,7 @@ void sl_conn_close(sl_conn *c) {
   c->pending_closes = 2;
   uv_close((uv_handle_t *)&c->tcp, on_closed);
   uv_close((uv_handle_t *)&c->timer, on_closed);
+  sl_server_drained(srv);
 }
 
 /* ---- read path ---- */

@@ -25,7 +25,7 @@ static void usage(FILE *out) {
           "  -h, --help              show this help\n"
           "  -V, --version           show the version\n"
           "\n"
-          "SIGHUP reloads the script; SIGINT and SIGTERM close every connection and exit.\n");
+          "SIGHUP reloads the script; SIGINT and SIGTERM drain the connections and exit.\n");
 }
 
 /* The first line of a message: a start-up error is one line on stderr. */

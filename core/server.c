@@ -124,9 +124,22 @@ void sl_server_signals(sl_server *srv) {
   uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
 }
 
+static void on_drain_deadline(uv_timer_t *t) {
+  sl_server *srv = t->data;
+  sl_warn("%u connection%s did not drain in time: closing", srv->nconns, srv->nconns == 1 ? "" : "s");
+  while (srv->conns) sl_conn_close(srv->conns);
+}
+
+void sl_server_drained(sl_server *srv) {
+  if (srv->stopping && !srv->conns && !uv_is_closing((uv_handle_t *)&srv->drain))
+    uv_close((uv_handle_t *)&srv->drain, NULL);
+}
+
 void sl_server_stop(sl_server *srv) {
   if (srv->stopping) return;
   srv->stopping = 1;
+  uv_timer_init(srv->loop, &srv->drain); /* before any connection can close and end the drain */
+  srv->drain.data = srv;
   for (int i = 0; i < srv->nlisteners; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) uv_close((uv_handle_t *)&srv->listeners[i], NULL);
   if (!uv_is_closing((uv_handle_t *)&srv->sweep)) uv_close((uv_handle_t *)&srv->sweep, NULL);
@@ -134,9 +147,20 @@ void sl_server_stop(sl_server *srv) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
   }
-  while (srv->conns) sl_conn_close(srv->conns);
+  /* Drain: each connection closes once what is queued for it is written; streams take
+   * no more events. Clients that do not read by the deadline are closed anyway. */
+  for (sl_conn *c = srv->conns, *next; c; c = next) {
+    next = c->next;
+    sl_conn_end(c);
+  }
   if (srv->vm) sl_vm_stop(srv->vm);
   sl_reload_stop(srv);
+  if (srv->conns) {
+    sl_info("draining %u connection%s", srv->nconns, srv->nconns == 1 ? "" : "s");
+    uv_timer_start(&srv->drain, on_drain_deadline, SL_DRAIN_MS, 0);
+  } else {
+    sl_server_drained(srv);
+  }
 }
 
 void sl_server_free(sl_server *srv) { sl_hub_free(&srv->hub); }

@@ -25,6 +25,7 @@ typedef struct sl_config {
 
 #define SL_MAX_LISTENERS 16
 #define SL_READ_BUF 65536
+#define SL_DRAIN_MS 5000
 
 typedef struct sl_server {
   uv_loop_t *loop;
@@ -43,19 +44,23 @@ typedef struct sl_server {
   struct sl_reloader *reloader;
   sl_hub hub;
   uv_timer_t sweep;        /* expires history */
+  uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   int stopping;
   char readbuf[SL_READ_BUF]; /* the one read buffer: each read is parsed before the next */
 } sl_server;
 
 void sl_config_defaults(sl_config *cfg);
 int sl_server_init(sl_server *srv, uv_loop_t *loop);
+/* Called as a connection closes: during shutdown, the last one ends the drain. */
+void sl_server_drained(sl_server *srv);
 /* Frees what outlives the loop (the hub). */
 void sl_server_free(sl_server *srv);
 /* Listens on "host:port" or "[v6]:port". 0, or a negative libuv code with err filled. */
 int sl_server_listen(sl_server *srv, const char *addr, char *err, size_t errlen);
 /* Starts the signal handlers that stop the server. */
 void sl_server_signals(sl_server *srv);
-/* Stops accepting, closes every connection and signal handle; the loop then ends. */
+/* Stops accepting and closes every connection once what is queued for it is
+ * written (SL_DRAIN_MS at most); the loop then ends. */
 void sl_server_stop(sl_server *srv);
 
 #endif

@@ -50,6 +50,27 @@ describe("command line", function()
     assert.matches("bad listen address", err)
   end)
 
+  it("drains on SIGTERM: what is queued for a client is still written, then it exits", function()
+    local s = gw.start([[
+      local sluice = require "sluice"
+      sluice.configure { queue_limit = 16 * 1024 * 1024 }
+      sluice.get("/big", function()
+        return sluice.raw(function(conn)
+          local chunk = ("q"):rep(65536)
+          for _ = 1, 64 do conn:write(chunk) end -- 4 MiB: far more than the socket buffers hold
+          sluice.log.info("queued")
+        end, { headers = { ["Content-Type"] = "application/octet-stream" } })
+      end)
+    ]], { source = true })
+    local c = s:sse("/big")
+    gw.wait_for(function() return s:logs():find("queued", 1, true) end, 10, "the writes")
+    s:signal(require("posix.signal").SIGTERM)
+    gw.wait_for(function() return s:logs():find("draining 1 connection", 1, true) end, 10, "the drain")
+    assert.is_true(c:closed_by_peer(20))
+    assert.equal(64 * 65536, #c.buf)
+    assert.equal(0, s:stop(true))
+  end)
+
   it("listens on several addresses and stops cleanly on SIGINT", function()
     local extra = gw.free_port()
     local s = gw.start("spec/fixtures/core_app.lua", { args = { "--listen", "127.0.0.1:" .. extra } })
