@@ -112,7 +112,6 @@ static int on_headers_complete(llhttp_t *p) {
     sl_buf *b = sl_buf_from(cont, sizeof cont - 1);
     if (b) sl_conn_write(c, b);
     sl_buf_unref(b);
-    c->bytes_sent = 0;
   }
   return 0;
 }
