@@ -143,12 +143,9 @@ static void push(sl_hub *hub, sl_hub_chan *c, sl_hub_event *e, double now) {
   publist_append(hub, c);
 }
 
-int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
-                   size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
-                   size_t idcap) {
-  if (n <= 0) return -EINVAL;
+int sl_hub_event_new(uint64_t seq, const char *data, size_t len, const char *id, size_t idlen, const char *event,
+                     size_t evlen, long long retry, double now, sl_hub_event **out) {
   char seqid[24];
-  uint64_t seq = hub->next_seq;
   if (!id) {
     idlen = (size_t)snprintf(seqid, sizeof seqid, "%" PRIu64, seq);
     id = seqid;
@@ -167,8 +164,6 @@ int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data
     sl_buf_unref(frame);
     return -ENOMEM;
   }
-  hub->next_seq++;
-  hub->published++;
   e->refs = 1;
   e->seq = seq;
   e->time = now;
@@ -176,6 +171,44 @@ int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data
   e->idlen = idlen;
   memcpy(e->id, id, idlen);
   e->id[idlen] = '\0';
+  *out = e;
+  return 0;
+}
+
+void sl_hub_event_unref(sl_hub_event *e) { event_unref(e); }
+
+/* Holds e for a subscriber whose replay is under way; past hold_limit it is
+ * marked to be released as a slow consumer. */
+static void hold(sl_hub *hub, sl_hub_sub *s, sl_hub_event *e) {
+  if (s->holding != 1) return;
+  if (s->nheld == s->capheld) {
+    unsigned cap = s->capheld ? s->capheld * 2 : 8;
+    sl_hub_event **h = realloc(s->held, cap * sizeof *h);
+    if (!h) {
+      s->holding = 2;
+      return;
+    }
+    s->held = h;
+    s->capheld = cap;
+  }
+  s->held[s->nheld++] = e;
+  e->refs++;
+  s->held_bytes += e->frame->len;
+  if (hub->hold_limit && s->held_bytes > hub->hold_limit) s->holding = 2;
+}
+
+static void drop_held(sl_hub_sub *s) {
+  for (unsigned i = 0; i < s->nheld; i++) event_unref(s->held[i]);
+  free(s->held);
+  s->held = NULL;
+  s->nheld = s->capheld = 0;
+  s->held_bytes = 0;
+}
+
+void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *e, double now) {
+  uint64_t seq = e->seq;
+  if (seq >= hub->next_seq) hub->next_seq = seq + 1;
+  hub->published++;
   for (int i = 0; i < n; i++) {
     sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
     if (!c) continue;
@@ -186,15 +219,29 @@ int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data
     for (sl_hub_link *l = c->subs, *next; l; l = next) {
       next = l->next;
       sl_hub_sub *s = l->sub;
+      if (s->holding) {
+        hold(hub, s, e);
+        continue;
+      }
       if (s->last_seq >= seq) continue;
       s->last_seq = seq;
-      if (s->deliver(s, frame)) hub->dropped_slow++;
+      if (s->deliver(s, e->frame)) hub->dropped_slow++;
       else hub->delivered++;
     }
     c->busy--;
     maybe_free(hub, c);
   }
-  if (idout && idcap) snprintf(idout, idcap, "%.*s", (int)idlen, id);
+}
+
+int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
+                   size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
+                   size_t idcap) {
+  if (n <= 0) return -EINVAL;
+  sl_hub_event *e;
+  int r = sl_hub_event_new(hub->next_seq, data, len, id, idlen, event, evlen, retry, now, &e);
+  if (r) return r;
+  sl_hub_dispatch(hub, chans, n, e, now);
+  if (idout && idcap) snprintf(idout, idcap, "%.*s", (int)e->idlen, e->id);
   event_unref(e);
   return 0;
 }
@@ -222,21 +269,14 @@ static uint64_t replay_after(sl_hub *hub, sl_hub_chan **cs, int n, const char *l
   return 0;
 }
 
-int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
-                     size_t lidlen, double now) {
-  sl_hub_link *links = calloc((size_t)n, sizeof *links);
-  sl_hub_chan **cs = calloc((size_t)n, sizeof *cs);
-  if (!links || !cs) {
-    free(links);
-    free(cs);
-    return -ENOMEM;
-  }
-  int ncs = 0, rc = 0;
+/* Finds (or makes) the channels of a subscription, without duplicates, into cs. */
+static int resolve(sl_hub *hub, const sl_hub_str *chans, int n, double now, sl_hub_chan **cs) {
+  int ncs = 0;
   for (int i = 0; i < n; i++) {
     sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
     if (!c) {
-      rc = -ENOMEM;
-      goto fail;
+      for (int k = 0; k < ncs; k++) maybe_free(hub, cs[k]);
+      return -ENOMEM;
     }
     int dup = 0;
     for (int k = 0; k < ncs; k++) dup |= cs[k] == c;
@@ -244,43 +284,10 @@ int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int 
     trim_expired(hub, c, now);
     cs[ncs++] = c;
   }
-  int replayed = 0;
-  sub->last_seq = hub->next_seq - 1; /* live events only, unless replaying */
-  if (last_id) {
-    uint64_t after = replay_after(hub, cs, ncs, last_id, lidlen);
-    /* Merge the channels' rings by sequence: repeatedly take the smallest next event. */
-    unsigned *pos = calloc((size_t)ncs, sizeof *pos);
-    if (!pos) {
-      rc = -ENOMEM;
-      goto fail;
-    }
-    {
-      for (int i = 0; i < ncs; i++)
-        while (pos[i] < cs[i]->count && cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap]->seq <= after) pos[i]++;
-      uint64_t last = after;
-      for (;;) {
-        sl_hub_event *best = NULL;
-        int bi = -1;
-        for (int i = 0; i < ncs; i++) {
-          if (pos[i] >= cs[i]->count) continue;
-          sl_hub_event *e = cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap];
-          if (!best || e->seq < best->seq) best = e, bi = i;
-        }
-        if (!best) break;
-        pos[bi]++;
-        if (best->seq <= last) continue; /* the same event kept by two channels */
-        last = best->seq;
-        replayed++;
-        if (sub->deliver(sub, best->frame)) {
-          hub->dropped_slow++;
-          rc = -EPIPE;
-          break;
-        }
-      }
-      free(pos);
-      if (rc) goto fail;
-    }
-  }
+  return ncs;
+}
+
+static void link_all(sl_hub_sub *sub, sl_hub_link *links, sl_hub_chan **cs, int ncs) {
   for (int i = 0; i < ncs; i++) {
     sl_hub_link *l = &links[i];
     l->chan = cs[i];
@@ -292,13 +299,103 @@ int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int 
   }
   sub->links = links;
   sub->nlinks = (unsigned)ncs;
+}
+
+/* Replays the kept events of the channels after last_id, merged by sequence. 0 or -EPIPE. */
+static int replay(sl_hub *hub, sl_hub_sub *sub, sl_hub_chan **cs, int ncs, const char *last_id, size_t lidlen,
+                  int *replayed) {
+  uint64_t after = replay_after(hub, cs, ncs, last_id, lidlen);
+  unsigned pos[ncs > 0 ? ncs : 1];
+  for (int i = 0; i < ncs; i++) {
+    pos[i] = 0;
+    while (pos[i] < cs[i]->count && cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap]->seq <= after) pos[i]++;
+  }
+  uint64_t last = after;
+  /* Repeatedly take the smallest next event. */
+  for (;;) {
+    sl_hub_event *best = NULL;
+    int bi = -1;
+    for (int i = 0; i < ncs; i++) {
+      if (pos[i] >= cs[i]->count) continue;
+      sl_hub_event *e = cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap];
+      if (!best || e->seq < best->seq) best = e, bi = i;
+    }
+    if (!best) return 0;
+    pos[bi]++;
+    if (best->seq <= last) continue; /* the same event kept by two channels */
+    last = best->seq;
+    (*replayed)++;
+    if (sub->deliver(sub, best->frame)) {
+      hub->dropped_slow++;
+      return -EPIPE;
+    }
+  }
+}
+
+static int subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
+                     size_t lidlen, double now, int held) {
+  if (n <= 0) return -EINVAL;
+  sl_hub_link *links = calloc((size_t)n, sizeof *links);
+  sl_hub_chan **cs = calloc((size_t)n, sizeof *cs);
+  int ncs = links && cs ? resolve(hub, chans, n, now, cs) : -ENOMEM;
+  if (ncs < 0) {
+    free(links);
+    free(cs);
+    return ncs;
+  }
+  int replayed = 0;
+  /* Live events only, unless replaying (a held one is told by its replay where to start). */
+  sub->last_seq = held ? 0 : hub->next_seq - 1;
+  sub->holding = held ? 1 : 0;
+  if (last_id && !held && replay(hub, sub, cs, ncs, last_id, lidlen, &replayed)) {
+    for (int i = 0; i < ncs; i++) maybe_free(hub, cs[i]);
+    free(links);
+    free(cs);
+    return -EPIPE;
+  }
+  link_all(sub, links, cs, ncs);
   free(cs);
   return replayed;
-fail:
-  for (int i = 0; i < ncs; i++) maybe_free(hub, cs[i]);
-  free(links);
-  free(cs);
-  return rc;
+}
+
+int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
+                     size_t lidlen, double now) {
+  return subscribe(hub, sub, chans, n, last_id, lidlen, now, 0);
+}
+
+int sl_hub_subscribe_held(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, double now) {
+  return subscribe(hub, sub, chans, n, NULL, 0, now, 1);
+}
+
+int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **events, int n) {
+  /* Take the held events first: a subscriber that fails a delivery is closed,
+   * and with it freed, at once, so nothing of it is touched after that. */
+  sl_hub_event **held = sub->held;
+  unsigned nheld = sub->nheld;
+  int over = sub->holding == 2, failed = 0, replayed = 0;
+  sub->held = NULL;
+  sub->nheld = sub->capheld = 0;
+  sub->held_bytes = 0;
+  sub->holding = 0;
+  /* The replay, then what was held (it may repeat the replay's newest events). */
+  for (int pass = 0; pass < 2 && !over && !failed; pass++) {
+    sl_hub_event **es = pass ? held : events;
+    unsigned cnt = pass ? nheld : (unsigned)n;
+    for (unsigned i = 0; i < cnt && !failed; i++) {
+      if (es[i]->seq <= sub->last_seq) continue;
+      sub->last_seq = es[i]->seq;
+      if (pass == 0) replayed++;
+      if (sub->deliver(sub, es[i]->frame)) failed = 1;
+      else hub->delivered++;
+    }
+  }
+  for (unsigned i = 0; i < nheld; i++) event_unref(held[i]);
+  free(held);
+  if (failed) {
+    hub->dropped_slow++;
+    return -EPIPE;
+  }
+  return over ? -ENOBUFS : replayed;
 }
 
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
@@ -314,6 +411,7 @@ void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
   free(sub->links);
   sub->links = NULL;
   sub->nlinks = 0;
+  drop_held(sub);
 }
 
 unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len) {

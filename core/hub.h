@@ -34,6 +34,13 @@ typedef struct sl_hub_sub {
   uint64_t last_seq; /* the newest event it was given: nothing is given twice */
   sl_hub_link *links;
   unsigned nlinks;
+  /* While its replay is fetched elsewhere (Redis), live events are held here
+   * in publish order and given after the replay (sl_hub_release). */
+  struct sl_hub_event **held;
+  unsigned nheld, capheld;
+  size_t held_bytes;
+  uint8_t holding;   /* 1 holding; 2 held more than hold_limit: released as slow */
+  void *pending;     /* the engine's replay request for it, if one is under way */
 } sl_hub_sub;
 
 typedef struct sl_hub_chan {
@@ -57,6 +64,7 @@ typedef struct sl_hub {
   sl_hub_chan *phead, *ptail;           /* least recently published first */
   unsigned history;                     /* events kept per channel */
   double ttl;                           /* seconds an event is kept */
+  size_t hold_limit;                    /* bytes held for one subscriber awaiting its replay */
   uint64_t published, delivered, dropped_slow;
 } sl_hub;
 
@@ -77,12 +85,31 @@ int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data
                    size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
                    size_t idcap);
 
+/* A new event (one reference) with sequence number seq, framed once; id NULL
+ * means the decimal seq is its id. 0, -EINVAL (bad id/event) or -ENOMEM. */
+int sl_hub_event_new(uint64_t seq, const char *data, size_t len, const char *id, size_t idlen, const char *event,
+                     size_t evlen, long long retry, double now, sl_hub_event **out);
+void sl_hub_event_unref(sl_hub_event *e);
+/* Keeps e in the channels' history and gives it to their subscribers, once
+ * each; ids after it are numbered from e->seq + 1. For events numbered
+ * elsewhere (the Redis engine), in increasing seq order. */
+void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *e, double now);
+
 /* Subscribes sub to n channels. With last_id, first delivers every kept event
  * after it on those channels, in publish order, once each; then live events
  * follow with no gap. Returns the number replayed; -ENOMEM, or -EPIPE when the
  * subscriber could not take the replay (it is then not subscribed). */
 int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
                      size_t lidlen, double now);
+/* Subscribes sub to n channels and holds their live events until
+ * sl_hub_release gives it its replay (fetched elsewhere). 0 or -ENOMEM. */
+int sl_hub_subscribe_held(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, double now);
+/* Gives a held subscriber the n replayed events (in seq order), then what was
+ * held after them, each once; live events then flow as usual. Returns the
+ * number replayed; -EPIPE when a delivery failed (the subscriber was closed as
+ * slow, and may be freed already); -ENOBUFS when more than hold_limit bytes
+ * arrived while it was held (it is left to the caller to close as slow). */
+int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **replay, int n);
 /* Removes sub from all its channels (O(1) each); channels left with neither
  * subscribers nor history are freed. */
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub);

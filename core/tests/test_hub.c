@@ -183,5 +183,51 @@ int main(void) {
   pub(&h, "none", NULL, 400, NULL);
   CHECK(h.nchans == 0);
   sl_hub_free(&h);
+
+  /* Events numbered elsewhere (the Redis engine): a held subscriber gets its
+   * replay, then what arrived meanwhile, each once and in order; later ids
+   * continue after the newest dispatched. */
+  CHECK(sl_hub_init(&h, 1, 0, 60) == 0);
+  h.hold_limit = 1 << 20;
+  rec live, held;
+  rec_init(&live);
+  rec_init(&held);
+  sl_hub_str hc[2] = {S("x"), S("y")};
+  CHECK(sl_hub_subscribe(&h, &live.sub, hc, 1, NULL, 0, 500) == 0);
+  CHECK(sl_hub_subscribe_held(&h, &held.sub, hc, 2, 500) == 0);
+  sl_hub_event *ev[6];
+  for (int i = 0; i < 6; i++) CHECK(sl_hub_event_new(1000 + (uint64_t)i, "d", 1, NULL, 0, NULL, 0, -1, 500, &ev[i]) == 0);
+  sl_hub_dispatch(&h, hc, 2, ev[3], 500); /* live while held: to both channels, held once */
+  sl_hub_dispatch(&h, hc, 1, ev[4], 500);
+  CHECK(live.n == 2 && held.n == 0);
+  CHECK(held.sub.nheld == 3); /* 1003 twice (two channels), 1004 */
+  sl_hub_event *replayed[3] = {ev[1], ev[2], ev[3]};
+  CHECK(sl_hub_release(&h, &held.sub, replayed, 3) == 3);
+  CHECK(held.n == 4);
+  CHECK(strcmp(held.got[0], "1001") == 0 && strcmp(held.got[2], "1003") == 0 && strcmp(held.got[3], "1004") == 0);
+  sl_hub_dispatch(&h, hc + 1, 1, ev[5], 500);
+  CHECK(held.n == 5 && strcmp(held.got[4], "1005") == 0 && live.n == 2);
+  CHECK(h.next_seq == 1006);
+  pub(&h, "x", NULL, 500, id);
+  CHECK(strcmp(id, "1006") == 0);
+  sl_hub_unsubscribe(&h, &held.sub);
+
+  /* Past hold_limit a held subscriber is released as slow, with nothing delivered. */
+  h.hold_limit = 1;
+  rec_init(&held);
+  CHECK(sl_hub_subscribe_held(&h, &held.sub, hc, 1, 500) == 0);
+  sl_hub_dispatch(&h, hc, 1, ev[0], 500);
+  CHECK(sl_hub_release(&h, &held.sub, NULL, 0) == -ENOBUFS && held.n == 0);
+  sl_hub_unsubscribe(&h, &held.sub);
+  /* A delivery that fails during the release counts as slow. */
+  h.hold_limit = 0;
+  rec_init(&held);
+  held.fail_after = 1;
+  CHECK(sl_hub_subscribe_held(&h, &held.sub, hc, 1, 500) == 0);
+  CHECK(sl_hub_release(&h, &held.sub, replayed, 3) == -EPIPE && held.n == 1);
+  sl_hub_unsubscribe(&h, &held.sub);
+  sl_hub_unsubscribe(&h, &live.sub);
+  for (int i = 0; i < 6; i++) sl_hub_event_unref(ev[i]);
+  sl_hub_free(&h);
   return check_done("test_hub");
 }
