@@ -13,6 +13,7 @@
 #include <lauxlib.h>
 #include "log.h"
 #include "lua_vm.h"
+#include "redis.h"
 #include "sched.h"
 #include "server.h"
 
@@ -281,7 +282,19 @@ int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *la
   if (!s) return -ENOMEM;
   s->deliver = sub_deliver;
   s->data = c;
-  int r = sl_hub_subscribe(&c->srv->hub, s, chans, n, last_id, lidlen, (double)uv_hrtime() / 1e9);
+  double now = (double)uv_hrtime() / 1e9;
+  sl_redis *redis = c->srv->redis;
+  int r;
+  if (redis && last_id) {
+    /* The replay comes from Redis: live events are held until it is in. */
+    r = sl_hub_subscribe_held(&c->srv->hub, s, chans, n, now);
+    if (r == 0 && sl_redis_replay(redis, s, last_id, lidlen)) {
+      sl_hub_unsubscribe(&c->srv->hub, s);
+      r = -ENOMEM;
+    }
+  } else {
+    r = sl_hub_subscribe(&c->srv->hub, s, chans, n, last_id, lidlen, now);
+  }
   if (r < 0) {
     free(s);
     return r;
@@ -319,6 +332,7 @@ void sl_conn_close(sl_conn *c) {
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
   if (c->sub) {
+    if (srv->redis) sl_redis_replay_cancel(srv->redis, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);
     free(c->sub);
     c->sub = NULL;

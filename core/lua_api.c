@@ -12,6 +12,7 @@
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "redis.h"
 #include "sched.h"
 #include "server.h"
 #include "sse.h"
@@ -245,6 +246,14 @@ static int api_config(lua_State *L) {
     if (vm->srv->vm == vm) sl_vm_activate(vm);
     return 0;
   }
+  if (strcmp(key, "redis") == 0) {
+    size_t len;
+    const char *url = luaL_checklstring(L, 2, &len);
+    if (len >= sizeof cfg->redis) return luaL_error(L, "the redis URL is too long");
+    memcpy(cfg->redis, url, len + 1);
+    if (vm->srv->vm == vm) sl_vm_activate(vm);
+    return 0;
+  }
   lua_Number v = luaL_checknumber(L, 2);
   if (v < 0) return luaL_error(L, "%s must not be negative", key);
   if (strcmp(key, "heartbeat") == 0) cfg->heartbeat = v;
@@ -302,7 +311,31 @@ static int api_subscribe(lua_State *L) {
   return 1;
 }
 
-/* publish(channels, data, id, event, retry) -> the event id */
+/* A publish through Redis that a task waits for. */
+typedef struct pubwait {
+  sl_task *task; /* NULL once the task ended, or when nobody waits */
+} pubwait;
+
+static void on_redis_published(void *arg, const char *id, size_t idlen, const char *err) {
+  pubwait *w = arg;
+  sl_task *t = w->task;
+  free(w);
+  if (!t) {
+    if (err) sl_warn("redis: a publish failed: %s", err);
+    return;
+  }
+  if (err) {
+    lua_pushnil(t->co);
+    lua_pushfstring(t->co, "redis: %s", err);
+  } else {
+    lua_pushlstring(t->co, id, idlen);
+  }
+  sl_task_wake(t, err ? 2 : 1);
+}
+
+/* publish(channels, data, id, event, retry) -> the event id; with Redis, the
+ * await tag (the caller yields it and is resumed with the id or nil, err),
+ * true where nobody can wait (the main thread: on_close hooks), or nil, err. */
 static int api_publish(lua_State *L) {
   sl_hub_str chans[SL_MAX_CHANNELS];
   int n = channel_list(L, 1, chans);
@@ -311,8 +344,31 @@ static int api_publish(lua_State *L) {
   const char *id = luaL_optlstring(L, 3, NULL, &idlen);
   const char *ev = luaL_optlstring(L, 4, NULL, &evlen);
   long long retry = opt_retry(L, 5, -1);
+  sl_server *srv = vm_of(L)->srv;
+  if (srv->redis) {
+    if (id && sl_sse_check_field(id, idlen)) return luaL_error(L, "event id may not contain CR, LF or NUL");
+    if (ev && sl_sse_check_field(ev, evlen)) return luaL_error(L, "event name may not contain CR, LF or NUL");
+    if (!sl_redis_ready(srv->redis)) return fail(L, "redis unavailable");
+    pubwait *w = calloc(1, sizeof *w);
+    if (!w) return fail(L, "out of memory");
+    int main_thread = lua_pushthread(L);
+    lua_pop(L, 1);
+    sl_task *t = main_thread ? NULL : sl_task_current(vm_of(L), (void **)&w->task);
+    int r = sl_redis_publish(srv->redis, chans, n, data, len, id, idlen, ev, evlen, retry, on_redis_published, w);
+    if (r) {
+      if (t) t->await_slot = NULL;
+      free(w);
+      return fail(L, r == -ENOMEM ? "out of memory" : "redis unavailable");
+    }
+    if (!t) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    lua_pushlightuserdata(L, &sl_sched_await_tag);
+    return 1;
+  }
   char out[256];
-  int r = sl_hub_publish(&vm_of(L)->srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry,
+  int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry,
                          (double)uv_hrtime() / 1e9, out, sizeof out);
   if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
   if (r) return fail(L, "out of memory");
@@ -351,6 +407,24 @@ static int api_stats(lua_State *L) {
   lua_setfield(L, -2, "states");
   lua_pushnumber(L, (double)srv->reloads);
   lua_setfield(L, -2, "reloads");
+  lua_pushstring(L, srv->redis ? "redis" : "memory");
+  lua_setfield(L, -2, "engine");
+  if (srv->redis) {
+    sl_redis_stats st;
+    sl_redis_get_stats(srv->redis, &st);
+    lua_createtable(L, 0, 5);
+    lua_pushboolean(L, st.connected);
+    lua_setfield(L, -2, "connected");
+    lua_pushnumber(L, (double)st.reconnects);
+    lua_setfield(L, -2, "reconnects");
+    lua_pushnumber(L, (double)st.received);
+    lua_setfield(L, -2, "received");
+    lua_pushnumber(L, (double)st.published);
+    lua_setfield(L, -2, "published");
+    lua_pushnumber(L, (double)st.replays);
+    lua_setfield(L, -2, "replays");
+    lua_setfield(L, -2, "redis");
+  }
   return 1;
 }
 
@@ -477,6 +551,8 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "SLEEP");
   lua_pushlightuserdata(L, &sl_sched_wait_tag);
   lua_setfield(L, -2, "WAIT");
+  lua_pushlightuserdata(L, &sl_sched_await_tag);
+  lua_setfield(L, -2, "AWAIT");
   lua_pushstring(L, SLUICE_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushvalue(L, lua_upvalueindex(2));

@@ -133,10 +133,14 @@ void sl_vm_activate(sl_vm *vm) {
   sl_server *srv = vm->srv;
   sl_vm *old = srv->vm;
   srv->cfg = vm->cfg;
-  srv->hub.history = (unsigned)vm->cfg.history;
+  /* With Redis, history lives there: the hub keeps none. */
+  srv->hub.history = srv->redis ? 0 : (unsigned)vm->cfg.history;
+  srv->hub.hold_limit = vm->cfg.queue_limit;
   srv->hub.ttl = vm->cfg.history_ttl;
   srv->vm = vm;
   if (!old || old == vm) return;
+  if (strcmp(old->cfg.redis, vm->cfg.redis) != 0)
+    sl_warn("redis: the engine is chosen at start-up: restart to use '%s'", vm->cfg.redis[0] ? vm->cfg.redis : "none");
   sl_vm_stop(old);
   old->retired = 1;
   old->next_retired = srv->retired;

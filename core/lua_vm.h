@@ -21,6 +21,7 @@ typedef struct sl_vm {
   int dispatch_ref, gone_ref;
   struct sl_task *tasks;   /* every live task of this state */
   struct sl_timer *timers; /* every running timer of this state */
+  struct sl_task *current; /* the task being resumed, if any */
   char *script;
 } sl_vm;
 

@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "log.h"
 #include "lua_vm.h"
+#include "redis.h"
 #include "reload.h"
 #include "server.h"
 
@@ -21,6 +22,8 @@ static void usage(FILE *out) {
           "options:\n"
           "  -l, --listen ADDR:PORT  where to listen (repeatable; default 127.0.0.1:8080)\n"
           "  -w, --watch             reload when the script or a Lua module beside or below it changes\n"
+          "      --redis URL         use Redis as the pub/sub engine shared by several nodes:\n"
+          "                          redis://[[user]:password@]HOST[:PORT][/DB] or unix:///path[?db=N]\n"
           "      --log-level LEVEL   error, warn, info or debug (default info)\n"
           "  -h, --help              show this help\n"
           "  -V, --version           show the version\n"
@@ -40,11 +43,13 @@ int main(int argc, char **argv) {
   static const struct option longopts[] = {{"listen", required_argument, NULL, 'l'},
                                            {"log-level", required_argument, NULL, 'L'},
                                            {"watch", no_argument, NULL, 'w'},
+                                           {"redis", required_argument, NULL, 'R'},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
   const char *listen[SL_MAX_LISTENERS];
   int nlisten = 0, ch, watch = 0;
+  const char *redis = NULL;
   while ((ch = getopt_long(argc, argv, "l:whV", longopts, NULL)) != -1) {
     switch (ch) {
       case 'l':
@@ -64,6 +69,7 @@ int main(int argc, char **argv) {
         break;
       }
       case 'w': watch = 1; break;
+      case 'R': redis = optarg; break;
       case 'h': usage(stdout); return 0;
       case 'V': printf("sluice %s\n", SLUICE_VERSION); return 0;
       default: usage(stderr); return 1;
@@ -101,6 +107,16 @@ int main(int argc, char **argv) {
     goto out;
   }
   sl_vm_activate(vm);
+  if (!redis && srv.cfg.redis[0]) redis = srv.cfg.redis;
+  if (redis) {
+    /* Redis need not be up: the engine connects (and reconnects) in the background. */
+    if (sl_redis_start(&srv, redis, err, sizeof err)) {
+      fprintf(stderr, "sluice: %s\n", err);
+      status = 1;
+      goto out;
+    }
+    sl_vm_activate(vm); /* the hub now leaves history to Redis */
+  }
   for (int i = 0; i < nlisten; i++) {
     if (sl_server_listen(&srv, listen[i], err, sizeof err)) {
       fprintf(stderr, "sluice: %s\n", err);

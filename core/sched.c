@@ -12,7 +12,7 @@
 #include "lua_vm.h"
 #include "server.h"
 
-char sl_sched_sleep_tag, sl_sched_wait_tag;
+char sl_sched_sleep_tag, sl_sched_wait_tag, sl_sched_await_tag;
 
 sl_task *sl_task_new(sl_vm *vm, sl_conn *c) {
   sl_task *t = calloc(1, sizeof *t);
@@ -39,6 +39,8 @@ static void task_end(sl_task *t, int ok) {
   if (t->prev) t->prev->next = t->next;
   else t->vm->tasks = t->next;
   if (t->next) t->next->prev = t->prev;
+  if (t->await_slot) *t->await_slot = NULL;
+  t->await_slot = NULL;
   luaL_unref(t->vm->L, LUA_REGISTRYINDEX, t->co_ref);
   t->co = NULL;
   uv_close((uv_handle_t *)&t->timer, on_task_closed);
@@ -53,9 +55,12 @@ static void on_wake(uv_timer_t *timer) { sl_task_resume(timer->data, 0); }
 
 void sl_task_resume(sl_task *t, int nargs) {
   lua_State *co = t->co;
+  sl_task *outer = t->vm->current;
+  t->vm->current = t;
   t->running = 1;
   int rc = lua_resume(co, nargs);
   t->running = 0;
+  t->vm->current = outer;
   if (t->cancelled) {
     task_end(t, 1);
     return;
@@ -79,6 +84,11 @@ void sl_task_resume(sl_task *t, int nargs) {
       uv_timer_start(&t->timer, on_wake, 0, 0);
       return;
     }
+    if (tag == &sl_sched_await_tag) {
+      lua_settop(co, 0);
+      t->awaiting = 1;
+      return;
+    }
     lua_settop(co, 0);
     lua_pushstring(co, "coroutine.yield called outside a generator (use sluice.sleep to wait)");
     rc = LUA_ERRRUN;
@@ -89,6 +99,24 @@ void sl_task_resume(sl_task *t, int nargs) {
     return;
   }
   task_end(t, 1);
+}
+
+sl_task *sl_task_current(sl_vm *vm, void **slot) {
+  sl_task *t = vm->current;
+  if (!t || t->ended || t->cancelled) return NULL;
+  t->await_slot = slot;
+  *slot = t;
+  return t;
+}
+
+void sl_task_wake(sl_task *t, int nargs) {
+  t->await_slot = NULL;
+  if (!t->awaiting || t->running) {
+    lua_pop(t->co, nargs);
+    return;
+  }
+  t->awaiting = 0;
+  sl_task_resume(t, nargs);
 }
 
 void sl_task_cancel(sl_task *t) {

@@ -16,7 +16,8 @@ typedef struct sl_task {
   lua_State *co;
   int co_ref;
   struct sl_task *prev, *next; /* the VM's task list */
-  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1;
+  void **await_slot;         /* where a pending reply (sl_task_current) points at this task */
+  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1;
 } sl_task;
 
 /* A timer of sluice.after / sluice.every: each firing runs the function in a task of its own. */
@@ -30,11 +31,19 @@ typedef struct sl_timer {
 } sl_timer;
 
 /* What a coroutine yields to ask the scheduler for something. */
-extern char sl_sched_sleep_tag, sl_sched_wait_tag;
+extern char sl_sched_sleep_tag, sl_sched_wait_tag, sl_sched_await_tag;
 
 /* A new task with its coroutine anchored; push the function and its arguments on t->co. */
 sl_task *sl_task_new(struct sl_vm *vm, struct sl_conn *c);
 void sl_task_resume(sl_task *t, int nargs);
+/* The task whose coroutine is running now, if any. A C function that starts
+ * something asynchronous for it stores the task in *slot (cleared if the task
+ * ends first) and has the coroutine yield the await tag; sl_task_wake then
+ * resumes it with the results. */
+sl_task *sl_task_current(struct sl_vm *vm, void **slot);
+/* Resumes an awaiting task with the nargs values pushed on t->co; a task that
+ * is not awaiting (it was not yielded to the scheduler) just drops them. */
+void sl_task_wake(sl_task *t, int nargs);
 /* The connection left: the coroutine is never resumed again. */
 void sl_task_cancel(sl_task *t);
 /* The connection's queue went below its high-water mark. */

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "reload.h"
+#include "redis.h"
 
 void sl_config_defaults(sl_config *cfg) {
   cfg->heartbeat = 15;
@@ -155,6 +156,7 @@ void sl_server_stop(sl_server *srv) {
   }
   if (srv->vm) sl_vm_stop(srv->vm);
   sl_reload_stop(srv);
+  sl_redis_stop(srv->redis);
   if (srv->conns) {
     sl_info("draining %u connection%s", srv->nconns, srv->nconns == 1 ? "" : "s");
     uv_timer_start(&srv->drain, on_drain_deadline, SL_DRAIN_MS, 0);

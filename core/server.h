@@ -10,6 +10,7 @@
 
 struct sl_conn;
 struct sl_vm;
+struct sl_redis;
 
 typedef struct sl_config {
   double heartbeat;        /* seconds between ':' comments on idle streams, 0 = off */
@@ -21,6 +22,7 @@ typedef struct sl_config {
   size_t max_header;
   size_t max_body;
   double header_timeout;   /* seconds to send a complete request head */
+  char redis[512];         /* the engine's URL from the script, "" = none */
 } sl_config;
 
 #define SL_MAX_LISTENERS 16
@@ -43,6 +45,7 @@ typedef struct sl_server {
   uint64_t reloads;
   struct sl_reloader *reloader;
   sl_hub hub;
+  struct sl_redis *redis;   /* the Redis engine, when --redis (or configure) gave one */
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   int stopping;

@@ -26,6 +26,8 @@ _M.keys = {
   max_body = { whole, "a whole number of bytes" },
   header_timeout = { nonneg, "a number of seconds" },
   cors = { origins, "an origin string, \"*\" or a list of origins" },
+  redis = { function(v) return type(v) == "string" and (v:find("^redis://") or v:find("^unix://")) ~= nil end,
+    "a redis:// or unix:// URL" },
 }
 
 _M.values = {}

@@ -12,7 +12,7 @@ local type, tostring, error, select, pairs, ipairs, setmetatable, getmetatable, 
 local yield, running, resume, status = coroutine.yield, coroutine.running, coroutine.resume, coroutine.status
 local traceback, concat, lower, find = debug.traceback, table.concat, string.lower, string.find
 local c_send, c_start, c_finish, c_respond = core.send, core.start, core.finish, core.respond
-local SLEEP, WAIT = core.SLEEP, core.WAIT
+local SLEEP, WAIT, AWAIT = core.SLEEP, core.WAIT, core.AWAIT
 local to_data, Message = event.to_data, event.Message
 
 local _M = { _VERSION = core.version, json = json }
@@ -109,18 +109,25 @@ function _M.subscribe(channels, opts)
   return setmetatable({ kind = "subscribe", value = channels, opts = check_opts(opts, 2) }, Mode)
 end
 
+--- With Redis, core.publish answers AWAIT: the coroutine waits (without
+-- blocking the loop) and is resumed with the id, or nil and the error.
+local function published(id, err)
+  if id == AWAIT then return yield(AWAIT) end
+  return id, err
+end
+
 --- sluice.publish(channels, data, opts): one event to every subscriber of the channels; returns its id.
 function _M.publish(channels, data, opts)
   channels = channel_list(channels, "sluice.publish", 2)
   if getmetatable(data) == Message then
-    return core.publish(channels, data.data, data.id, data.event, data.retry)
+    return published(core.publish(channels, data.data, data.id, data.event, data.retry))
   end
   local text, why = to_data(data)
   if not text then error("sluice.publish cannot send " .. why, 2) end
-  if opts == nil then return core.publish(channels, text) end
+  if opts == nil then return published(core.publish(channels, text)) end
   if type(opts) ~= "table" then error("sluice.publish options must be a table", 2) end
   local m = event.message(text, opts)
-  return core.publish(channels, m.data, m.id, m.event, m.retry)
+  return published(core.publish(channels, m.data, m.id, m.event, m.retry))
 end
 
 --- sluice.subscribers(channel): how many connections are subscribed to it now.
@@ -279,18 +286,19 @@ local function dead_error(err)
   return type(err) == "string" and find(err, "cannot resume dead coroutine", 1, true)
 end
 
---- Returns a function that gives the generator's next value, whatever its kind.
+--- Returns a function that gives the generator's next value, whatever its kind;
+-- its arguments are what the generator's pending yield returns.
 local function stepper(gen)
   if type(gen) == "thread" then
-    return function()
+    return function(...)
       if status(gen) == "dead" then return nil end
-      local ok, v, a = resume(gen)
+      local ok, v, a = resume(gen, ...)
       if not ok then error(traceback(gen, tostring(v)), 0) end
       return v, a
     end
   end
-  return function()
-    local ok, v, a = xpcall(gen, traceback)
+  return function(...)
+    local ok, v, a = xpcall(gen, traceback, ...)
     if not ok then
       if dead_error(v) then return nil end -- a wrap generator that returned its last value
       error(v, 0)
@@ -303,9 +311,10 @@ local function run_stream(conn, gen)
   local step = stepper(gen)
   while true do
     local v, a = step()
-    while v == SLEEP do -- a sleep inside a nested generator: pass it up to the scheduler
-      yield(SLEEP, a)
-      v, a = step()
+    while v == SLEEP or v == AWAIT do
+      -- a sleep or a wait for Redis inside a nested generator: pass it up to the
+      -- scheduler, and what it resumes us with back down
+      v, a = step(yield(v, a))
     end
     if v == nil then break end
     local ok, full = send_value(conn, v)

@@ -84,6 +84,9 @@ local function spawn(args, log, prefix)
     for _, a in ipairs(argv) do full[#full + 1] = a end
     prog, argv = prefix[1], full
   end
+  -- Emptied before the fork: a stale file of the same name (left by a killed
+  -- gateway) must not be read as this one's log.
+  _M.write_file(log, "")
   local pid = assert(unistd.fork())
   if pid == 0 then
     local fd = fcntl.open(log, fcntl.O_WRONLY + fcntl.O_CREAT + fcntl.O_TRUNC, 420)
@@ -310,6 +313,62 @@ function Server:raw(bytes)
   res = res or { err = err }
   res.client = c
   return res
+end
+
+-- ---------------------------------------------------------------- a Redis of the spec's own
+
+local Redis = {}
+Redis.__index = Redis
+
+--- Starts a redis-server on a free loopback port (never the system's), with no
+-- persistence: a restart comes back empty, like a lost Redis.
+function _M.redis()
+  local self = setmetatable({ port = _M.free_port(), log = _M.tmpname("-redis.log") }, Redis)
+  self.url = "redis://127.0.0.1:" .. self.port
+  self:start()
+  return self
+end
+
+function Redis:start()
+  local pid = assert(unistd.fork())
+  if pid == 0 then
+    local null = fcntl.open("/dev/null", fcntl.O_RDWR)
+    unistd.dup2(null, 0)
+    unistd.dup2(null, 1)
+    unistd.dup2(null, 2)
+    unistd.execp("redis-server", { "--port", tostring(self.port), "--bind", "127.0.0.1", "--save", "",
+      "--appendonly", "no", "--logfile", self.log })
+    os.exit(127)
+  end
+  self.pid = pid
+  _M.wait_for(function()
+    local p = wait.wait(pid, wait.WNOHANG)
+    if p == pid then error("redis-server exited at start-up:\n" .. _M.read_file(self.log)) end
+    local ok, reply = pcall(self.command, self, "PING")
+    return ok and reply == "+PONG"
+  end, 10, "redis-server to answer")
+end
+
+--- Sends one command (a list of words); returns the first line of the reply.
+function Redis:command(...)
+  local c = assert(socket.tcp())
+  c:settimeout(2)
+  local ok, err = c:connect("127.0.0.1", self.port)
+  if not ok then c:close(); error(err) end
+  local args = { ... }
+  local parts = { "*" .. #args }
+  for _, a in ipairs(args) do parts[#parts + 1] = "$" .. #a; parts[#parts + 1] = a end
+  c:send(table.concat(parts, "\r\n") .. "\r\n")
+  local line = c:receive("*l")
+  c:close()
+  return line
+end
+
+function Redis:stop()
+  if not self.pid then return end
+  psignal.kill(self.pid, psignal.SIGKILL)
+  wait.wait(self.pid)
+  self.pid = nil
 end
 
 --- The gateway's resident set size in KiB (from /proc).
