@@ -5,13 +5,15 @@
 --                                 (the last 200 are kept for an hour)
 -- POST /publish/:room             posts the body (JSON {"user":..,"text":..} or plain text);
 --                                 needs "Authorization: Bearer $CHAT_TOKEN", compared in constant time
--- GET  /rooms/:room/online        how many are reading the room now
+-- GET  /rooms/:room/online        how many are reading the room now (on this node)
 -- GET  /                          a page to read and post (examples/pages/chat; ?room=NAME)
 --
 -- Run:   CHAT_TOKEN=secret ./build/sluice examples/chat.lua
 -- Try:   curl -N http://127.0.0.1:8080/events/lobby
 --        curl -H 'Authorization: Bearer secret' -d '{"user":"ann","text":"hi"}' http://127.0.0.1:8080/publish/lobby
 --        open http://127.0.0.1:8080/ in two browser tabs, give the token, and talk
+-- Scale: run it on several nodes with --redis redis://HOST:PORT; a post on one
+--        node reaches readers on all. While Redis is unreachable, POST answers 503.
 local sluice = require "sluice"
 
 local TOKEN = os.getenv("CHAT_TOKEN")
@@ -39,9 +41,11 @@ sluice.post("/publish/:room", function(req)
   if type(msg) ~= "table" then msg = { text = req.body } end
   local text = tostring(msg.text or "")
   if text == "" then return sluice.response(400, "empty message\n") end
-  local id = sluice.publish("room-" .. req.params.room,
+  local id, err = sluice.publish("room-" .. req.params.room,
     { user = tostring(msg.user or "anonymous"):sub(1, 32), text = text:sub(1, 2000), at = os.time() },
     { event = "message" })
+  -- With --redis, a publish fails (nil, err) while Redis is unreachable: say so, and the client may retry.
+  if not id then return sluice.response(503, { error = err }, { ["Retry-After"] = "1" }) end
   return sluice.response(202, { id = id })
 end)
 

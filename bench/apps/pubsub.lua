@@ -6,6 +6,7 @@ sluice.configure { max_connections = 20000, heartbeat = 0, history = 100 }
 sluice.get("/sub/:chan", function(req) return sluice.subscribe(req.params.chan) end)
 
 local ticker
+local published = 0
 -- POST /run?hz=H&secs=S: publish H events a second for S seconds to "bench".
 sluice.post("/run", function(req)
   local hz, secs = tonumber(req.query.hz) or 10, tonumber(req.query.secs) or 10
@@ -13,10 +14,12 @@ sluice.post("/run", function(req)
   local stop_at = sluice.now() + secs
   ticker = sluice.every(1 / hz, function()
     if sluice.now() >= stop_at then ticker:stop(); return end
-    sluice.publish("bench", string.format("%.0f", sluice.now() * 1e9))
+    if sluice.publish("bench", string.format("%.0f", sluice.now() * 1e9)) then published = published + 1 end
   end)
   return sluice.response(202)
 end)
 
+-- GET /published: how many events /run has published (that Redis, if used, took).
+sluice.get("/published", function() return sluice.response(200, tostring(published)) end)
 sluice.get("/count", function() return sluice.response(200, tostring(sluice.subscribers("bench"))) end)
 sluice.get("/health", function() return sluice.response(200, "ok") end)

@@ -21,6 +21,17 @@ describe("sluice.config", function()
     assert.same({}, got)
   end)
 
+  it("takes a redis:// or unix:// URL for the Redis engine", function()
+    local got = {}
+    local set = function(k, v) got[k] = v end
+    config.apply({ redis = "redis://127.0.0.1:6379/1" }, set)
+    config.apply({ redis = "unix:///run/redis.sock" }, set)
+    assert.equal("unix:///run/redis.sock", got.redis)
+    assert.has_error(function() config.apply({ redis = "http://h" }, set) end,
+      "configuration key 'redis' must be a redis:// or unix:// URL, got http://h")
+    assert.has_error(function() config.apply({ redis = 6379 }, set) end)
+  end)
+
   it("answers CORS origins", function()
     assert.is_nil(config.cors_origin("http://a"))
     config.values.cors = "*"
