@@ -59,8 +59,8 @@ static void on_heartbeat(uv_timer_t *t) {
 }
 
 static void start_header_timer(sl_conn *c) {
-  uint64_t ms = (uint64_t)(c->srv->cfg.header_timeout * 1000);
-  uv_timer_start(&c->timer, on_header_timeout, ms ? ms : 1, 0);
+  uint64_t ms = sl_secs_ms(c->srv->cfg.header_timeout);
+  if (ms != SL_NEVER) uv_timer_start(&c->timer, on_header_timeout, ms ? ms : 1, 0);
 }
 
 void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
@@ -110,6 +110,7 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
 /* ---- write path ---- */
 
 static void flush(sl_conn *c);
+static void pump(sl_conn *c);
 
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
@@ -132,7 +133,9 @@ static void on_written(uv_write_t *req, int status) {
     sl_conn_close(c);
     return;
   }
-  if (c->task && c->task->waiting && c->queued < c->hwm) sl_task_drained(c->task);
+  if (c->queued >= c->hwm) return;
+  if (c->task && c->task->waiting) sl_task_drained(c->task);
+  else if (c->sub && c->sub->paused) pump(c);
 }
 
 /* The first n queued buffers as iovecs (the first one from its offset); returns their bytes. */
@@ -261,19 +264,41 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
   c->inlen = c->incap = 0;
   int r = sl_conn_write(c, b);
   sl_buf_unref(b);
-  if (r == 0 && heartbeat > 0) {
-    uint64_t ms = (uint64_t)(heartbeat * 1000);
+  if (r == 0 && heartbeat > 0 && sl_secs_ms(heartbeat) != SL_NEVER) {
+    uint64_t ms = sl_secs_ms(heartbeat);
     uv_timer_start(&c->timer, on_heartbeat, ms ? ms : 1, ms ? ms : 1);
     /* A peer that vanished without a FIN never acknowledges the heartbeats: let the
      * kernel fail the connection once they go unacknowledged this long. */
     uv_os_fd_t fd;
-    unsigned int uto = (unsigned int)(heartbeat * 2000 + 1000);
+    double span = heartbeat * 2000 + 1000;
+    unsigned int uto = span < 4e9 ? (unsigned int)span : 4000000000u;
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
   }
   return r;
 }
 
-static int sub_deliver(sl_hub_sub *s, sl_buf *frame) { return sl_conn_write(s->data, frame) ? -1 : 0; }
+/* The hub's deliver(): 1 when the queue is now above the high-water mark (a
+ * replay pauses there); a connection that cannot queue is closed as slow. */
+static int sub_deliver(sl_hub_sub *s, sl_buf *frame) {
+  sl_conn *c = s->data;
+  int r = sl_conn_write(c, frame);
+  if (r == -ENOMEM) {
+    sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
+    sl_conn_close(c);
+    return -ENOBUFS;
+  }
+  if (r) return r;
+  return c->queued >= c->hwm;
+}
+
+/* Goes on with a subscriber's replay that paused for queue room. */
+static void pump(sl_conn *c) {
+  int r = sl_hub_pump(&c->srv->hub, c->sub);
+  if (r == -ENOBUFS) {
+    sl_warn("conn %llu: closed as a slow consumer (too much arrived during its replay)", (unsigned long long)c->id);
+    sl_conn_close(c);
+  }
+}
 
 int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen) {
   if (c->closing || c->ending) return -EPIPE;

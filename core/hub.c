@@ -177,32 +177,50 @@ int sl_hub_event_new(uint64_t seq, const char *data, size_t len, const char *id,
 
 void sl_hub_event_unref(sl_hub_event *e) { event_unref(e); }
 
+/* Makes room for one more held event, moving the pending ones to the front. 0 or -ENOMEM. */
+static int held_room(sl_hub_sub *s) {
+  if (s->pos && s->pos == s->nheld) {
+    s->nheld = s->pos = s->replay_end = 0;
+  } else if (s->pos > s->nheld / 2) {
+    memmove(s->held, s->held + s->pos, (s->nheld - s->pos) * sizeof *s->held);
+    s->nheld -= s->pos;
+    s->replay_end = s->replay_end > s->pos ? s->replay_end - s->pos : 0;
+    s->pos = 0;
+  }
+  if (s->nheld < s->capheld) return 0;
+  unsigned cap = s->capheld ? s->capheld * 2 : 8;
+  sl_hub_event **h = realloc(s->held, cap * sizeof *h);
+  if (!h) return -ENOMEM;
+  s->held = h;
+  s->capheld = cap;
+  return 0;
+}
+
+static void drop_held(sl_hub_sub *s) {
+  for (unsigned i = s->pos; i < s->nheld; i++) event_unref(s->held[i]);
+  free(s->held);
+  s->held = NULL;
+  s->nheld = s->capheld = s->pos = s->replay_end = 0;
+  s->held_bytes = 0;
+}
+
 /* Holds e for a subscriber whose replay is under way; past hold_limit it is
- * marked to be released as a slow consumer. */
+ * marked to be dropped as a slow consumer, and what it held is let go. */
 static void hold(sl_hub *hub, sl_hub_sub *s, sl_hub_event *e) {
   if (s->holding != 1) return;
-  if (s->nheld == s->capheld) {
-    unsigned cap = s->capheld ? s->capheld * 2 : 8;
-    sl_hub_event **h = realloc(s->held, cap * sizeof *h);
-    if (!h) {
-      s->holding = 2;
-      return;
-    }
-    s->held = h;
-    s->capheld = cap;
+  if (s->nheld > s->pos && s->held[s->nheld - 1] == e) return; /* the same event via a second channel */
+  if (held_room(s)) {
+    s->holding = 2;
+    drop_held(s);
+    return;
   }
   s->held[s->nheld++] = e;
   e->refs++;
   s->held_bytes += e->frame->len;
-  if (hub->hold_limit && s->held_bytes > hub->hold_limit) s->holding = 2;
-}
-
-static void drop_held(sl_hub_sub *s) {
-  for (unsigned i = 0; i < s->nheld; i++) event_unref(s->held[i]);
-  free(s->held);
-  s->held = NULL;
-  s->nheld = s->capheld = 0;
-  s->held_bytes = 0;
+  if (hub->hold_limit && s->held_bytes > hub->hold_limit) {
+    s->holding = 2;
+    drop_held(s);
+  }
 }
 
 void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *e, double now) {
@@ -225,8 +243,9 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
       }
       if (s->last_seq >= seq) continue;
       s->last_seq = seq;
-      if (s->deliver(s, e->frame)) hub->dropped_slow++;
-      else hub->delivered++;
+      int r = s->deliver(s, e->frame);
+      if (r >= 0) hub->delivered++;
+      else if (r == -ENOBUFS) hub->dropped_slow++; /* a closing one is not slow */
     }
     c->busy--;
     maybe_free(hub, c);
@@ -301,15 +320,23 @@ static void link_all(sl_hub_sub *sub, sl_hub_link *links, sl_hub_chan **cs, int 
   sub->nlinks = (unsigned)ncs;
 }
 
-/* Replays the kept events of the channels after last_id, merged by sequence. 0 or -EPIPE. */
-static int replay(sl_hub *hub, sl_hub_sub *sub, sl_hub_chan **cs, int ncs, const char *last_id, size_t lidlen,
-                  int *replayed) {
+/* The kept events of the channels after last_id, merged by sequence and each
+ * once, into a new array (*out, with references); returns how many, or -ENOMEM. */
+static int replay_list(sl_hub *hub, sl_hub_chan **cs, int ncs, const char *last_id, size_t lidlen,
+                       sl_hub_event ***out) {
   uint64_t after = replay_after(hub, cs, ncs, last_id, lidlen);
   unsigned pos[ncs > 0 ? ncs : 1];
+  size_t total = 0;
   for (int i = 0; i < ncs; i++) {
     pos[i] = 0;
     while (pos[i] < cs[i]->count && cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap]->seq <= after) pos[i]++;
+    total += cs[i]->count - pos[i];
   }
+  *out = NULL;
+  if (!total) return 0;
+  sl_hub_event **es = malloc(total * sizeof *es);
+  if (!es) return -ENOMEM;
+  int n = 0;
   uint64_t last = after;
   /* Repeatedly take the smallest next event. */
   for (;;) {
@@ -320,16 +347,74 @@ static int replay(sl_hub *hub, sl_hub_sub *sub, sl_hub_chan **cs, int ncs, const
       sl_hub_event *e = cs[i]->ring[(cs[i]->head + pos[i]) % cs[i]->cap];
       if (!best || e->seq < best->seq) best = e, bi = i;
     }
-    if (!best) return 0;
+    if (!best) break;
     pos[bi]++;
     if (best->seq <= last) continue; /* the same event kept by two channels */
     last = best->seq;
-    (*replayed)++;
-    if (sub->deliver(sub, best->frame)) {
-      hub->dropped_slow++;
+    best->refs++;
+    es[n++] = best;
+  }
+  *out = es;
+  return n;
+}
+
+int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub) {
+  if (sub->holding == 2) {
+    drop_held(sub);
+    hub->dropped_slow++;
+    return -ENOBUFS;
+  }
+  sub->paused = 0;
+  while (sub->pos < sub->nheld) {
+    unsigned i = sub->pos++;
+    sl_hub_event *e = sub->held[i];
+    int from_replay = i < sub->replay_end;
+    if (!from_replay) sub->held_bytes -= e->frame->len;
+    if (e->seq <= sub->last_seq) { /* given already (a held event the replay had too) */
+      event_unref(e);
+      continue;
+    }
+    sub->last_seq = e->seq;
+    if (from_replay) sub->replayed++;
+    /* The held reference goes first, so a subscriber closed by its delivery
+     * (and freed) leaves nothing behind; the frame lives on in its queue. */
+    sl_buf *frame = sl_buf_ref(e->frame);
+    event_unref(e);
+    int r = sub->deliver(sub, frame);
+    sl_buf_unref(frame);
+    if (r < 0) {
+      if (r == -ENOBUFS) hub->dropped_slow++;
       return -EPIPE;
     }
+    hub->delivered++;
+    if (r > 0 && sub->pos < sub->nheld) {
+      sub->paused = 1;
+      return 1;
+    }
   }
+  drop_held(sub);
+  sub->holding = 0;
+  return 0;
+}
+
+/* Puts the n replay events (references taken) in front of what sub holds. 0 or -ENOMEM. */
+static int queue_replay(sl_hub_sub *sub, sl_hub_event **es, int n) {
+  unsigned pending = sub->nheld - sub->pos;
+  size_t cap = (size_t)n + pending;
+  sl_hub_event **h = malloc((cap ? cap : 1) * sizeof *h);
+  if (!h) return -ENOMEM;
+  for (int i = 0; i < n; i++) {
+    es[i]->refs++;
+    h[i] = es[i];
+  }
+  if (pending) memcpy(h + n, sub->held + sub->pos, pending * sizeof *h);
+  free(sub->held);
+  sub->held = h;
+  sub->capheld = (unsigned)cap;
+  sub->nheld = (unsigned)cap;
+  sub->pos = 0;
+  sub->replay_end = (unsigned)n;
+  return 0;
 }
 
 static int subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
@@ -343,19 +428,28 @@ static int subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int 
     free(cs);
     return ncs;
   }
-  int replayed = 0;
-  /* Live events only, unless replaying (a held one is told by its replay where to start). */
-  sub->last_seq = held ? 0 : hub->next_seq - 1;
-  sub->holding = held ? 1 : 0;
-  if (last_id && !held && replay(hub, sub, cs, ncs, last_id, lidlen, &replayed)) {
+  sl_hub_event **es = NULL;
+  int nes = last_id && !held ? replay_list(hub, cs, ncs, last_id, lidlen, &es) : 0;
+  if (nes < 0) {
     for (int i = 0; i < ncs; i++) maybe_free(hub, cs[i]);
     free(links);
     free(cs);
-    return -EPIPE;
+    return nes;
   }
+  /* Live events only, unless replaying (a held one is told by its replay where to start). */
+  sub->last_seq = held ? 0 : hub->next_seq - 1;
+  if (nes) sub->last_seq = es[0]->seq - 1;
+  sub->holding = held || nes ? 1 : 0;
   link_all(sub, links, cs, ncs);
   free(cs);
-  return replayed;
+  if (!nes) return 0;
+  int r = sl_hub_release(hub, sub, es, nes);
+  for (int i = 0; i < nes; i++) event_unref(es[i]);
+  free(es);
+  /* A failed delivery closed the subscriber's connection, which did not know
+   * of the subscription yet: it is undone here, and the caller frees sub. */
+  if (r < 0) sl_hub_unsubscribe(hub, sub);
+  return r;
 }
 
 int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
@@ -368,34 +462,11 @@ int sl_hub_subscribe_held(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans,
 }
 
 int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **events, int n) {
-  /* Take the held events first: a subscriber that fails a delivery is closed,
-   * and with it freed, at once, so nothing of it is touched after that. */
-  sl_hub_event **held = sub->held;
-  unsigned nheld = sub->nheld;
-  int over = sub->holding == 2, failed = 0, replayed = 0;
-  sub->held = NULL;
-  sub->nheld = sub->capheld = 0;
-  sub->held_bytes = 0;
-  sub->holding = 0;
-  /* The replay, then what was held (it may repeat the replay's newest events). */
-  for (int pass = 0; pass < 2 && !over && !failed; pass++) {
-    sl_hub_event **es = pass ? held : events;
-    unsigned cnt = pass ? nheld : (unsigned)n;
-    for (unsigned i = 0; i < cnt && !failed; i++) {
-      if (es[i]->seq <= sub->last_seq) continue;
-      sub->last_seq = es[i]->seq;
-      if (pass == 0) replayed++;
-      if (sub->deliver(sub, es[i]->frame)) failed = 1;
-      else hub->delivered++;
-    }
-  }
-  for (unsigned i = 0; i < nheld; i++) event_unref(held[i]);
-  free(held);
-  if (failed) {
-    hub->dropped_slow++;
-    return -EPIPE;
-  }
-  return over ? -ENOBUFS : replayed;
+  if (sub->holding == 2) return sl_hub_pump(hub, sub);
+  if (n > 0 && queue_replay(sub, events, n)) return -ENOMEM;
+  sub->holding = 1;
+  int r = sl_hub_pump(hub, sub);
+  return r < 0 ? r : (int)sub->replayed;
 }
 
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {

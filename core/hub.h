@@ -26,21 +26,27 @@ typedef struct sl_hub_link {
   struct sl_hub_link *prev, *next;
 } sl_hub_link;
 
-/* A subscriber: deliver() queues a frame for it; non-zero means it could not
- * (a slow consumer, now disconnected). The links are the hub's to manage. */
+/* A subscriber: deliver() queues a frame for it and returns 0, or 1 when its
+ * queue is now above its high-water mark (a replay pauses there); -ENOBUFS
+ * when it could not take it (a slow consumer, now disconnected) or another
+ * negative errno when it is already going away. After a negative return the
+ * subscriber may be freed. The links are the hub's to manage. */
 typedef struct sl_hub_sub {
   int (*deliver)(struct sl_hub_sub *sub, sl_buf *frame);
   void *data;
   uint64_t last_seq; /* the newest event it was given: nothing is given twice */
   sl_hub_link *links;
   unsigned nlinks;
-  /* While its replay is fetched elsewhere (Redis), live events are held here
-   * in publish order and given after the replay (sl_hub_release). */
+  /* Events still to give it, in order: its replay, then the live events that
+   * arrived while the replay was fetched (Redis) or paused for queue room.
+   * held[pos..nheld) are pending; the first replay_end entries are the replay. */
   struct sl_hub_event **held;
-  unsigned nheld, capheld;
-  size_t held_bytes;
-  uint8_t holding;   /* 1 holding; 2 held more than hold_limit: released as slow */
-  void *pending;     /* the engine's replay request for it, if one is under way */
+  unsigned nheld, capheld, pos, replay_end;
+  unsigned replayed;  /* replay events given so far */
+  size_t held_bytes;  /* bytes of live events held */
+  uint8_t holding;    /* 1 holding; 2 held more than hold_limit: dropped as slow */
+  uint8_t paused;     /* its queue filled during the replay: sl_hub_pump once it drains */
+  void *pending;      /* the engine's replay request for it, if one is under way */
 } sl_hub_sub;
 
 typedef struct sl_hub_chan {
@@ -95,21 +101,27 @@ void sl_hub_event_unref(sl_hub_event *e);
  * elsewhere (the Redis engine), in increasing seq order. */
 void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *e, double now);
 
-/* Subscribes sub to n channels. With last_id, first delivers every kept event
- * after it on those channels, in publish order, once each; then live events
- * follow with no gap. Returns the number replayed; -ENOMEM, or -EPIPE when the
- * subscriber could not take the replay (it is then not subscribed). */
+/* Subscribes sub to n channels. With last_id, first gives it every kept event
+ * after it on those channels, in publish order, once each, then live events
+ * with no gap; the replay pauses whenever deliver() says the queue is full
+ * (sub->paused: call sl_hub_pump when it drains), and live events wait behind
+ * it. Returns the number replayed so far; -ENOMEM, or -EPIPE when a delivery
+ * failed (it is then not subscribed). */
 int sl_hub_subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, const char *last_id,
                      size_t lidlen, double now);
 /* Subscribes sub to n channels and holds their live events until
  * sl_hub_release gives it its replay (fetched elsewhere). 0 or -ENOMEM. */
 int sl_hub_subscribe_held(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, double now);
 /* Gives a held subscriber the n replayed events (in seq order), then what was
- * held after them, each once; live events then flow as usual. Returns the
- * number replayed; -EPIPE when a delivery failed (the subscriber was closed as
- * slow, and may be freed already); -ENOBUFS when more than hold_limit bytes
- * arrived while it was held (it is left to the caller to close as slow). */
+ * held after them, each once, pausing as sl_hub_subscribe does. Returns the
+ * number replayed so far; -EPIPE when a delivery failed (the subscriber was
+ * closed, and may be freed already); -ENOBUFS when more than hold_limit bytes
+ * arrived while it was held (it is left to the caller to close as slow);
+ * -ENOMEM. */
 int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **replay, int n);
+/* Goes on with a paused replay: returns 0 once everything is given (live from
+ * now), 1 when it paused again, or a negative errno as sl_hub_release. */
+int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub);
 /* Removes sub from all its channels (O(1) each); channels left with neither
  * subscribers nor history are freed. */
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub);

@@ -12,7 +12,35 @@
 #include "lua_vm.h"
 #include "server.h"
 
-char sl_sched_sleep_tag, sl_sched_wait_tag, sl_sched_await_tag;
+static int tag_misused(lua_State *L) {
+  return luaL_error(L, "sluice.sleep (or a publish waiting for Redis) ran inside a coroutine the script "
+                       "resumes itself, and its pause reached the script instead of the gateway: call it "
+                       "in the handler, generator, raw callback or timer body, or yield what that "
+                       "coroutine yields on unchanged");
+}
+
+void sl_sched_open(sl_vm *vm, lua_State *L) {
+  static const char *const names[SL_NTAGS] = {"sluice.SLEEP", "sluice.WAIT", "sluice.AWAIT"};
+  for (int i = 0; i < SL_NTAGS; i++) {
+    vm->tags[i] = lua_newuserdata(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, names[i]);
+    lua_setfield(L, -2, "__name");
+    lua_pushcfunction(L, tag_misused);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, tag_misused);
+    lua_setfield(L, -2, "__concat");
+    lua_pushcfunction(L, tag_misused);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    vm->tag_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+}
+
+void sl_sched_push_tag(sl_vm *vm, lua_State *L, int which) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->tag_refs[which]);
+}
 
 sl_task *sl_task_new(sl_vm *vm, sl_conn *c) {
   sl_task *t = calloc(1, sizeof *t);
@@ -51,7 +79,13 @@ static void task_end(sl_task *t, int ok) {
   sl_vm_maybe_close(t->vm);
 }
 
-static void on_wake(uv_timer_t *timer) { sl_task_resume(timer->data, 0); }
+/* A sleep (or a wait that found room) is over: the coroutine gets the sleep tag
+ * back, which tells sluice.sleep that the gateway, not the script, resumed it. */
+static void on_wake(uv_timer_t *timer) {
+  sl_task *t = timer->data;
+  sl_sched_push_tag(t->vm, t->co, SL_TAG_SLEEP);
+  sl_task_resume(t, 1);
+}
 
 void sl_task_resume(sl_task *t, int nargs) {
   lua_State *co = t->co;
@@ -66,15 +100,17 @@ void sl_task_resume(sl_task *t, int nargs) {
     return;
   }
   if (rc == LUA_YIELD) {
-    void *tag = lua_touserdata(co, 1);
-    if (tag == &sl_sched_sleep_tag) {
+    void *tag = lua_type(co, 1) == LUA_TUSERDATA ? lua_touserdata(co, 1) : NULL;
+    void **tags = t->vm->tags;
+    if (tag && tag == tags[SL_TAG_SLEEP]) {
       double secs = lua_tonumber(co, 2);
       lua_settop(co, 0);
-      uint64_t ms = secs > 0 ? (uint64_t)(secs * 1000 + 0.5) : 0;
-      uv_timer_start(&t->timer, on_wake, ms, 0);
+      uint64_t ms = sl_secs_ms(secs);
+      /* A sleep of forever ends only with the connection (or the state). */
+      if (ms != SL_NEVER) uv_timer_start(&t->timer, on_wake, ms, 0);
       return;
     }
-    if (tag == &sl_sched_wait_tag) {
+    if (tag && tag == tags[SL_TAG_WAIT]) {
       lua_settop(co, 0);
       if (t->conn && t->conn->queued >= t->conn->hwm) {
         t->waiting = 1;
@@ -84,7 +120,7 @@ void sl_task_resume(sl_task *t, int nargs) {
       uv_timer_start(&t->timer, on_wake, 0, 0);
       return;
     }
-    if (tag == &sl_sched_await_tag) {
+    if (tag && tag == tags[SL_TAG_AWAIT]) {
       lua_settop(co, 0);
       t->awaiting = 1;
       return;
@@ -161,8 +197,11 @@ sl_timer *sl_timer_start(sl_vm *vm, lua_State *L, double after, double repeat) {
   tm->next = vm->timers;
   if (vm->timers) vm->timers->prev = tm;
   vm->timers = tm;
-  uint64_t first = (uint64_t)(after * 1000 + 0.5), every = (uint64_t)(repeat * 1000 + 0.5);
-  uv_timer_start(&tm->h, on_timer, first, repeat > 0 ? (every ? every : 1) : 0);
+  uint64_t first = sl_secs_ms(after), every = sl_secs_ms(repeat);
+  /* A first firing of never: the timer exists (active, stoppable) but never runs.
+   * A period of never after a finite first firing makes it fire once. */
+  if (first != SL_NEVER)
+    uv_timer_start(&tm->h, on_timer, first, repeat > 0 && every != SL_NEVER ? (every ? every : 1) : 0);
   return tm;
 }
 

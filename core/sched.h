@@ -4,6 +4,7 @@
 #ifndef SL_SCHED_H
 #define SL_SCHED_H
 #include <lua.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct sl_conn;
@@ -30,8 +31,24 @@ typedef struct sl_timer {
   unsigned stopped : 1;
 } sl_timer;
 
-/* What a coroutine yields to ask the scheduler for something. */
-extern char sl_sched_sleep_tag, sl_sched_wait_tag, sl_sched_await_tag;
+/* A span in seconds as loop milliseconds, rounded: 0 for zero, negatives and
+ * NaN (callers refuse NaN before), SL_NEVER for spans past any real uptime
+ * (math.huge included), which callers treat as "never". */
+#define SL_NEVER UINT64_MAX
+static inline uint64_t sl_secs_ms(double secs) {
+  if (!(secs > 0)) return 0;
+  if (secs >= 1e15) return SL_NEVER;
+  return (uint64_t)(secs * 1000 + 0.5);
+}
+
+/* What a coroutine yields to ask the scheduler for something: one userdata
+ * each per Lua state (core.SLEEP, core.WAIT, core.AWAIT). Turned into text
+ * (tostring, ..) they raise: one that reaches a script's own code means a
+ * sluice.sleep ran inside a coroutine the script resumes itself. */
+enum { SL_TAG_SLEEP, SL_TAG_WAIT, SL_TAG_AWAIT, SL_NTAGS };
+/* Makes the state's tags and leaves them on L's top in enum order (3 values). */
+void sl_sched_open(struct sl_vm *vm, lua_State *L);
+void sl_sched_push_tag(struct sl_vm *vm, lua_State *L, int which);
 
 /* A new task with its coroutine anchored; push the function and its arguments on t->co. */
 sl_task *sl_task_new(struct sl_vm *vm, struct sl_conn *c);
