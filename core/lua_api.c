@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include "conn.h"
+#include "json.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "redis.h"
@@ -48,6 +50,16 @@ static int check_header_text(const char *s, size_t n) {
   return 0;
 }
 
+/* The headers that delimit a response on the wire belong to the gateway: a
+ * second Content-Length or Transfer-Encoding is a request-smuggling vector
+ * behind a proxy, and Connection decides whether the next request is read. */
+static int framing_header(const char *name, size_t n) {
+  static const char *const names[] = {"content-length", "transfer-encoding", "connection"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (strlen(names[i]) == n && strncasecmp(name, names[i], n) == 0) return 1;
+  return 0;
+}
+
 /* Calls fn(name, value) for every header of the table at idx (name -> string or
  * list of strings). With check set it raises for a bad name or value; without,
  * it skips them (the table was checked before). */
@@ -58,10 +70,17 @@ static void each_header(lua_State *L, int idx, int check, sl_sb *sb) {
     const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
     int bad_name = !name || !nl || check_header_text(name, nl) || memchr(name, ':', nl) || memchr(name, ' ', nl);
     if (bad_name && check) luaL_error(L, "bad header name '%s'", name ? name : "(not a string)");
+    if (check && framing_header(name, nl)) luaL_error(L, "header '%s' is set by the gateway", name);
     int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 1;
     for (int i = 1; i <= n && !bad_name; i++) {
       if (lua_istable(L, -1)) lua_rawgeti(L, -1, i);
       else lua_pushvalue(L, -1);
+      if (lua_type(L, -1) == LUA_TNUMBER) { /* whole numbers in full */
+        char t[SL_NUMBER_MAX];
+        int tl = sl_number_text(lua_tonumber(L, -1), t);
+        lua_pop(L, 1);
+        lua_pushlstring(L, t, (size_t)tl);
+      }
       size_t vl;
       const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ? lua_tolstring(L, -1, &vl) : NULL;
       if (check && !v) luaL_error(L, "header '%s' must be a string", name);
@@ -364,7 +383,7 @@ static int api_publish(lua_State *L) {
       lua_pushboolean(L, 1);
       return 1;
     }
-    lua_pushlightuserdata(L, &sl_sched_await_tag);
+    sl_sched_push_tag(vm_of(L), L, SL_TAG_AWAIT);
     return 1;
   }
   char out[256];
@@ -488,7 +507,7 @@ static int api_read_file(lua_State *L) {
 static int api_timer(lua_State *L) {
   double after = luaL_checknumber(L, 1), repeat = luaL_checknumber(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (after < 0 || repeat < 0) return luaL_error(L, "timer intervals must not be negative");
+  if (!(after >= 0) || !(repeat >= 0)) return luaL_error(L, "timer intervals must be numbers of seconds, not negative or NaN");
   sl_timer **ud = lua_newuserdata(L, sizeof *ud);
   *ud = NULL;
   luaL_getmetatable(L, SL_TIMER_MT);
@@ -547,14 +566,13 @@ static int open_core(lua_State *L) {
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);
-  lua_pushlightuserdata(L, &sl_sched_sleep_tag);
+  sl_sched_open(vm, L);
+  lua_setfield(L, -4, "AWAIT");
+  lua_setfield(L, -3, "WAIT");
   lua_setfield(L, -2, "SLEEP");
-  lua_pushlightuserdata(L, &sl_sched_wait_tag);
-  lua_setfield(L, -2, "WAIT");
-  lua_pushlightuserdata(L, &sl_sched_await_tag);
-  lua_setfield(L, -2, "AWAIT");
   lua_pushstring(L, SLUICE_VERSION);
   lua_setfield(L, -2, "version");
+
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setfield(L, -2, "script_dir");
 
@@ -590,5 +608,7 @@ void sl_api_open(lua_State *L, sl_vm *vm, const char *script_dir) {
   lua_pushstring(L, script_dir);
   lua_pushcclosure(L, open_core, 2);
   lua_setfield(L, -2, "sluice.core");
+  lua_pushcfunction(L, luaopen_sluice_text);
+  lua_setfield(L, -2, "sluice.text");
   lua_pop(L, 2);
 }

@@ -22,6 +22,8 @@ typedef struct sl_vm {
   struct sl_task *tasks;   /* every live task of this state */
   struct sl_timer *timers; /* every running timer of this state */
   struct sl_task *current; /* the task being resumed, if any */
+  void *tags[3];           /* the scheduler's tags (sched.h), anchored by tag_refs */
+  int tag_refs[3];
   char *script;
 } sl_vm;
 

@@ -1,9 +1,10 @@
 --- sluice.event: event messages and the rules for what can be sent as one.
 -- A message is data (string, number or table as JSON) with optional id,
 -- event name and retry. The wire framing itself is done in C.
-local type, tostring, error, setmetatable, getmetatable, find, floor =
-  type, tostring, error, setmetatable, getmetatable, string.find, math.floor
+local type, error, setmetatable, getmetatable, find, floor =
+  type, error, setmetatable, getmetatable, string.find, math.floor
 local json = require "sluice.json"
+local number = require("sluice.text").number
 
 local _M = {}
 local Message = { __name = "sluice.message" }
@@ -15,10 +16,11 @@ _M.Message = Message
 function _M.to_data(v)
   local t = type(v)
   if t == "string" then return v end
-  if t == "number" then return tostring(v) end
+  if t == "number" then return number(v) end
+  if v == json.empty_array then return "[]" end
   if t == "table" then
     local mt = getmetatable(v)
-    if mt ~= nil then return nil, "a " .. (mt.__name or "table with a metatable") end
+    if mt ~= nil and mt ~= json.array_mt then return nil, "a " .. (mt.__name or "table with a metatable") end
     return json.encode(v)
   end
   return nil, "a " .. t
@@ -28,7 +30,7 @@ local function check_field(name, v, level)
   if v == nil then return nil end
   local t = type(v)
   if t ~= "string" and t ~= "number" then error(name .. " must be a string or a number", level + 1) end
-  v = tostring(v)
+  if t == "number" then v = number(v) end
   if find(v, "[\r\n%z]") then error(name .. " may not contain CR, LF or NUL", level + 1) end
   return v
 end

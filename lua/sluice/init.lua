@@ -14,6 +14,7 @@ local traceback, concat, lower, find = debug.traceback, table.concat, string.low
 local c_send, c_start, c_finish, c_respond = core.send, core.start, core.finish, core.respond
 local SLEEP, WAIT, AWAIT = core.SLEEP, core.WAIT, core.AWAIT
 local to_data, Message = event.to_data, event.Message
+local number = require("sluice.text").number
 
 local _M = { _VERSION = core.version, json = json }
 local routes = router.new()
@@ -45,10 +46,23 @@ local Mode = { __name = "sluice mode" }
 
 _M.message = event.message
 
+--- Framing headers are the gateway's: a second Content-Length or
+-- Transfer-Encoding is a request-smuggling vector behind a proxy.
+local FRAMING = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true }
+
+local function check_headers(h, what, level)
+  if h == nil then return end
+  if type(h) ~= "table" then error(what .. " must be a table", level + 1) end
+  for k in pairs(h) do
+    if type(k) ~= "string" then error(what .. ": header names must be strings", level + 1) end
+    if FRAMING[lower(k)] then error(what .. ": header '" .. k .. "' is set by the gateway", level + 1) end
+  end
+end
+
 --- sluice.response(status, body, headers): a plain HTTP response.
 function _M.response(st, body, headers)
   if type(st) ~= "number" or st < 100 or st > 999 or st % 1 ~= 0 then error("bad status: " .. tostring(st), 2) end
-  if headers ~= nil and type(headers) ~= "table" then error("response headers must be a table", 2) end
+  check_headers(headers, "response headers", 2)
   local bt = type(body)
   if body ~= nil and bt ~= "string" and bt ~= "number" and bt ~= "table" then
     error("response body must be a string, number or table", 2)
@@ -59,7 +73,7 @@ end
 local function check_opts(opts, level)
   if opts == nil then return {} end
   if type(opts) ~= "table" then error("options must be a table", level + 1) end
-  if opts.headers ~= nil and type(opts.headers) ~= "table" then error("opts.headers must be a table", level + 1) end
+  check_headers(opts.headers, "opts.headers", level + 1)
   if opts.retry ~= nil then event.check_retry(opts.retry, level + 1) end
   if opts.heartbeat ~= nil and (type(opts.heartbeat) ~= "number" or opts.heartbeat < 0) then
     error("opts.heartbeat must be a number of seconds (0 = off)", level + 1)
@@ -142,11 +156,19 @@ _M.stats = core.stats
 -- ---------------------------------------------------------------- utilities
 
 --- Suspends the calling coroutine for secs seconds without blocking the loop.
+--- A number of seconds: not negative, not NaN (math.huge means forever).
+local function seconds(v) return type(v) == "number" and v >= 0 end
+
 function _M.sleep(secs)
-  if type(secs) ~= "number" or secs < 0 then error("sluice.sleep expects a number of seconds", 2) end
+  if not seconds(secs) then error("sluice.sleep expects a number of seconds (not negative, not NaN)", 2) end
   local _, main = running()
   if main or running() == nil then error("sluice.sleep called outside a handler, generator, raw callback or timer", 2) end
-  yield(SLEEP, secs)
+  if yield(SLEEP, secs) ~= SLEEP then
+    -- resumed by the script's own code (a coroutine it drives itself), not by the gateway
+    error("sluice.sleep was cut short: it ran inside a coroutine the script resumes itself, "
+      .. "which got the pause instead of the gateway (call sluice.sleep in the handler, generator, "
+      .. "raw callback or timer body, or yield what that coroutine yields on unchanged)", 2)
+  end
 end
 
 _M.now = core.now
@@ -159,14 +181,14 @@ end
 
 --- sluice.after(seconds, fn): runs fn once, in a coroutine of its own.
 function _M.after(secs, fn)
-  if type(secs) ~= "number" or secs < 0 then error("sluice.after expects a number of seconds", 2) end
+  if not seconds(secs) then error("sluice.after expects a number of seconds (not negative, not NaN)", 2) end
   if type(fn) ~= "function" then error("sluice.after expects a function", 2) end
   return core.timer(secs, 0, fn)
 end
 
 --- sluice.every(seconds, fn): runs fn every `seconds`, each time in a coroutine of its own.
 function _M.every(secs, fn)
-  if type(secs) ~= "number" or secs <= 0 then error("sluice.every expects a positive number of seconds", 2) end
+  if not seconds(secs) or secs == 0 then error("sluice.every expects a positive number of seconds", 2) end
   if type(fn) ~= "function" then error("sluice.every expects a function", 2) end
   return core.timer(secs, secs, fn)
 end
@@ -176,7 +198,10 @@ local function log_at(level)
     if not core.log_enabled(level) then return end
     local n = select("#", ...)
     local parts = {}
-    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    for i = 1, n do
+      local v = (select(i, ...))
+      parts[i] = type(v) == "number" and number(v) or tostring(v)
+    end
     core.log(level, concat(parts, " "))
   end
 end
@@ -358,7 +383,7 @@ local function respond(conn, req, res, cors)
   elseif body == nil then
     body = ""
   else
-    body = tostring(body)
+    if type(body) == "number" then body = number(body) end
     if body ~= "" and not has_header(headers, "content-type") then headers = merge_headers({ ["Content-Type"] = TEXT }, headers) end
   end
   if cors then headers = merge_headers(headers or {}, cors) end
