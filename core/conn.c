@@ -479,12 +479,21 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   conn_process(c);
 }
 
+void sl_conn_fail(sl_conn *c) {
+  if (c->closing || c->ending) return;
+  if (c->state == SL_CS_BUSY) {
+    c->keepalive = 0;
+    sl_conn_respond(c, 500, NULL, "Internal Server Error\n", 22);
+  } else if (c->state == SL_CS_STREAM) {
+    sl_conn_end(c);
+  }
+}
+
 void sl_conn_task_done(sl_conn *c, int ok) {
   if (c->closing) return;
   if (c->state == SL_CS_BUSY) {
     /* The handler ended without answering: only an error gets here. */
-    c->keepalive = 0;
-    sl_conn_respond(c, 500, NULL, "Internal Server Error\n", 22);
+    sl_conn_fail(c);
   } else if (c->state == SL_CS_STREAM) {
     if (!ok) sl_conn_end(c);
     return;

@@ -72,6 +72,8 @@ int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *la
 void sl_conn_end(sl_conn *c);
 /* The one close path: stops everything, cancels the task; memory goes in the close callbacks. */
 void sl_conn_close(sl_conn *c);
+/* A handler failed: a 500 if nothing was sent yet, else the stream ends. */
+void sl_conn_fail(sl_conn *c);
 /* Called by sched when the connection's handler task ended; ok is 0 after an error. */
 void sl_conn_task_done(sl_conn *c, int ok);
 

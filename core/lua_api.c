@@ -227,6 +227,13 @@ static int api_finish(lua_State *L) {
   return 1;
 }
 
+/* fail(conn): the handler failed (logged already): 500, or the stream ends */
+static int api_fail(lua_State *L) {
+  sl_conn *c = live_conn(L, 1);
+  if (c) sl_conn_fail(c);
+  return 0;
+}
+
 /* close(conn): close now-ish: what is queued is still written first */
 static int api_close(lua_State *L) { return api_finish(L); }
 
@@ -558,7 +565,7 @@ static int open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"respond", api_respond}, {"start", api_start},     {"encode", api_encode}, {"send", api_send},
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
-      {"closed", api_closed},   {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
+      {"closed", api_closed},   {"fail", api_fail},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"release", api_release}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
@@ -566,6 +573,14 @@ static int open_core(lua_State *L) {
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);
+  /* The methods the HTTP parser accepts: a route for any other is never reached. */
+  lua_newtable(L);
+#define SL_METHOD(num, name, string) \
+  lua_pushboolean(L, 1);             \
+  lua_setfield(L, -2, #string);
+  HTTP_METHOD_MAP(SL_METHOD)
+#undef SL_METHOD
+  lua_setfield(L, -2, "methods");
   sl_sched_open(vm, L);
   lua_setfield(L, -4, "AWAIT");
   lua_setfield(L, -3, "WAIT");

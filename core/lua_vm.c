@@ -35,9 +35,18 @@ const char *sl_vm_lua_dir(void) {
   return lua_dir;
 }
 
+/* The text of the error value at idx: a string, what __tostring makes of it,
+ * or its type. Values other than strings are replaced by their text. */
 static const char *error_text(lua_State *L, int idx) {
-  const char *m = lua_tostring(L, idx);
-  return m ? m : lua_isnil(L, idx) ? "nil error" : "(error object is not a string)";
+  if (lua_type(L, idx) == LUA_TSTRING) return lua_tostring(L, idx);
+  if (idx < 0) idx = lua_gettop(L) + idx + 1;
+  if (luaL_callmeta(L, idx, "__tostring") && lua_isstring(L, -1)) {
+    lua_replace(L, idx);
+    return lua_tostring(L, idx);
+  }
+  lua_pushfstring(L, "error object of type %s (not a string)", luaL_typename(L, idx));
+  lua_replace(L, idx);
+  return lua_tostring(L, idx);
 }
 
 static int traceback(lua_State *L) {

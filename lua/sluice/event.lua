@@ -1,8 +1,8 @@
 --- sluice.event: event messages and the rules for what can be sent as one.
 -- A message is data (string, number or table as JSON) with optional id,
 -- event name and retry. The wire framing itself is done in C.
-local type, error, setmetatable, getmetatable, find, floor =
-  type, error, setmetatable, getmetatable, string.find, math.floor
+local type, error, setmetatable, getmetatable, find, floor, pairs, tostring, sort, concat =
+  type, error, setmetatable, getmetatable, string.find, math.floor, pairs, tostring, table.sort, table.concat
 local json = require "sluice.json"
 local number = require("sluice.text").number
 
@@ -44,12 +44,29 @@ local function check_retry(v, level)
 end
 _M.check_retry = check_retry
 
---- sluice.message(data, { id =, event =, retry = })
-function _M.message(data, opts)
+--- Raises (at level) for a key of the options table t that is not in allowed:
+-- a misspelt option must not pass for a default.
+function _M.check_keys(t, allowed, what, level)
+  for k in pairs(t) do
+    if not allowed[k] then
+      local names = {}
+      for n in pairs(allowed) do names[#names + 1] = n end
+      sort(names)
+      error(what .. ": unknown option '" .. tostring(k) .. "' (known: " .. concat(names, ", ") .. ")", level + 1)
+    end
+  end
+end
+
+local MESSAGE_KEYS = { id = true, event = true, retry = true }
+
+--- sluice.message(data, { id =, event =, retry = }); what names the caller in errors.
+function _M.message(data, opts, what)
+  what = what or "sluice.message"
   local text, why = _M.to_data(data)
-  if not text then error("message data must be a string, number or table, not " .. why, 2) end
-  if opts ~= nil and type(opts) ~= "table" then error("message options must be a table", 2) end
+  if not text then error(what .. ": data must be a string, number or table, not " .. why, 2) end
+  if opts ~= nil and type(opts) ~= "table" then error(what .. ": options must be a table", 2) end
   opts = opts or {}
+  _M.check_keys(opts, MESSAGE_KEYS, what, 2)
   return setmetatable({
     data = text,
     id = check_field("id", opts.id, 2),

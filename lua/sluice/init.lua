@@ -16,16 +16,56 @@ local SLEEP, WAIT, AWAIT = core.SLEEP, core.WAIT, core.AWAIT
 local to_data, Message = event.to_data, event.Message
 local number = require("sluice.text").number
 
+--- A number of seconds: not negative, not NaN (math.huge means forever).
+local function seconds(v) return type(v) == "number" and v >= 0 end
+
+--- The text of an error value: a string as it is, anything else described
+-- (a table as JSON where it can be), so `error({ code = 1 })` logs something useful.
+local function error_text(e)
+  if type(e) == "string" then return e end
+  if e == nil then return "nil (error called without a message)" end
+  local mt = getmetatable(e)
+  if type(mt) == "table" and mt.__tostring then return tostring(e) end
+  if type(e) == "table" then
+    local ok, text = pcall(json.encode, e)
+    if ok then return "error object " .. text end
+  end
+  return "error object " .. tostring(e)
+end
+
+--- xpcall's message handler: the error's text and the traceback (once: an
+-- error that carries one already, from a generator, is passed on as it is).
+local function error_trace(e)
+  local text = error_text(e)
+  if find(text, "\nstack traceback:", 1, true) then return text end
+  return traceback(text, 2)
+end
+
 local _M = { _VERSION = core.version, json = json }
 local routes = router.new()
 local hooks = {} -- conn -> list of on_close functions
 
 -- ---------------------------------------------------------------- routes
 
-function _M.route(method, pattern, handler) routes:add(method, pattern, handler, 3) end
+--- Where a handler was defined ("app.lua:12"), for the log lines of its errors.
+local function where(fn)
+  local info = type(fn) == "function" and debug.getinfo(fn, "S")
+  return info and (info.short_src .. ":" .. info.linedefined) or "?"
+end
+
+local function add_route(method, pattern, handler)
+  if type(method) == "string" and method ~= "*" and not core.methods[method:upper()] then
+    error("unknown HTTP method '" .. method .. "': requests with it never reach a route", 3)
+  end
+  routes:add(method, pattern, handler, 4)
+  local r = routes.routes[#routes.routes]
+  r.label = r.method .. " " .. r.pattern .. " (" .. where(handler) .. ")"
+end
+
+function _M.route(method, pattern, handler) add_route(method, pattern, handler) end
 for _, m in ipairs { "get", "post", "put", "delete", "patch", "head", "options" } do
   local M = m:upper()
-  _M[m] = function(pattern, handler) routes:add(M, pattern, handler, 3) end
+  _M[m] = function(pattern, handler) add_route(M, pattern, handler) end
 end
 
 function _M.configure(t) config.apply(t, core.config, 2) end
@@ -70,37 +110,40 @@ function _M.response(st, body, headers)
   return setmetatable({ status = st, body = body, headers = headers }, Response)
 end
 
-local function check_opts(opts, level)
+local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true }
+local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true }
+
+local function check_opts(opts, what, allowed, level)
   if opts == nil then return {} end
-  if type(opts) ~= "table" then error("options must be a table", level + 1) end
+  if type(opts) ~= "table" then error(what .. ": options must be a table", level + 1) end
+  event.check_keys(opts, allowed or STREAM_KEYS, what, level + 1)
   check_headers(opts.headers, "opts.headers", level + 1)
   if opts.retry ~= nil then event.check_retry(opts.retry, level + 1) end
-  if opts.heartbeat ~= nil and (type(opts.heartbeat) ~= "number" or opts.heartbeat < 0) then
+  if opts.heartbeat ~= nil and not seconds(opts.heartbeat) then
     error("opts.heartbeat must be a number of seconds (0 = off)", level + 1)
   end
   if opts.on_close ~= nil and type(opts.on_close) ~= "function" then error("opts.on_close must be a function", level + 1) end
+  if opts.status ~= nil and (type(opts.status) ~= "number" or opts.status < 100 or opts.status > 999 or opts.status % 1 ~= 0) then
+    error("opts.status must be an HTTP status", level + 1)
+  end
   return opts
 end
 
 function _M.once(value, opts)
   local ok, why = to_data(value)
   if not ok and getmetatable(value) ~= Message then error("sluice.once cannot send " .. why, 2) end
-  return setmetatable({ kind = "once", value = value, opts = check_opts(opts, 2) }, Mode)
+  return setmetatable({ kind = "once", value = value, opts = check_opts(opts, "sluice.once", nil, 2) }, Mode)
 end
 
 function _M.stream(gen, opts)
   local t = type(gen)
   if t ~= "function" and t ~= "thread" then error("sluice.stream expects a function or a coroutine", 2) end
-  return setmetatable({ kind = "stream", value = gen, opts = check_opts(opts, 2) }, Mode)
+  return setmetatable({ kind = "stream", value = gen, opts = check_opts(opts, "sluice.stream", nil, 2) }, Mode)
 end
 
 function _M.raw(fn, opts)
   if type(fn) ~= "function" then error("sluice.raw expects a function", 2) end
-  opts = check_opts(opts, 2)
-  if opts.status ~= nil and (type(opts.status) ~= "number" or opts.status < 100 or opts.status > 999) then
-    error("opts.status must be an HTTP status", 2)
-  end
-  return setmetatable({ kind = "raw", value = fn, opts = opts }, Mode)
+  return setmetatable({ kind = "raw", value = fn, opts = check_opts(opts, "sluice.raw", RAW_KEYS, 2) }, Mode)
 end
 
 --- Channel names as a list: one name or a list of names, each a non-empty string.
@@ -120,7 +163,7 @@ end
 --- sluice.subscribe(channels, opts): the connection receives every event published to them.
 function _M.subscribe(channels, opts)
   channels = channel_list(channels, "sluice.subscribe", 2)
-  return setmetatable({ kind = "subscribe", value = channels, opts = check_opts(opts, 2) }, Mode)
+  return setmetatable({ kind = "subscribe", value = channels, opts = check_opts(opts, "sluice.subscribe", nil, 2) }, Mode)
 end
 
 --- With Redis, core.publish answers AWAIT: the coroutine waits (without
@@ -140,7 +183,7 @@ function _M.publish(channels, data, opts)
   if not text then error("sluice.publish cannot send " .. why, 2) end
   if opts == nil then return published(core.publish(channels, text)) end
   if type(opts) ~= "table" then error("sluice.publish options must be a table", 2) end
-  local m = event.message(text, opts)
+  local m = event.message(text, opts, "sluice.publish")
   return published(core.publish(channels, m.data, m.id, m.event, m.retry))
 end
 
@@ -156,15 +199,18 @@ _M.stats = core.stats
 -- ---------------------------------------------------------------- utilities
 
 --- Suspends the calling coroutine for secs seconds without blocking the loop.
---- A number of seconds: not negative, not NaN (math.huge means forever).
-local function seconds(v) return type(v) == "number" and v >= 0 end
-
 function _M.sleep(secs)
   if not seconds(secs) then error("sluice.sleep expects a number of seconds (not negative, not NaN)", 2) end
   local _, main = running()
-  if main or running() == nil then error("sluice.sleep called outside a handler, generator, raw callback or timer", 2) end
-  if yield(SLEEP, secs) ~= SLEEP then
-    -- resumed by the script's own code (a coroutine it drives itself), not by the gateway
+  if main or running() == nil then
+    error("sluice.sleep called outside a handler, generator, raw callback or timer "
+      .. "(on_close hooks and the script's load cannot wait: use sluice.after)", 2)
+  end
+  local back = yield(SLEEP, secs)
+  if back ~= SLEEP and back ~= nil then
+    -- resumed with a value by the script's own code (a coroutine it drives
+    -- itself), not by the gateway. (A nested generator that passed the pause
+    -- up may resume it with nothing: that is fine, the pause was taken.)
     error("sluice.sleep was cut short: it ran inside a coroutine the script resumes itself, "
       .. "which got the pause instead of the gateway (call sluice.sleep in the handler, generator, "
       .. "raw callback or timer body, or yield what that coroutine yields on unchanged)", 2)
@@ -186,10 +232,27 @@ function _M.after(secs, fn)
   return core.timer(secs, 0, fn)
 end
 
---- sluice.every(seconds, fn): runs fn every `seconds`, each time in a coroutine of its own.
-function _M.every(secs, fn)
+--- sluice.every(seconds, fn, { overlap = false }): runs fn every `seconds`, each
+-- time in a coroutine of its own; with overlap = false a tick is skipped while
+-- the previous run is still going (sleeping, waiting for Redis).
+function _M.every(secs, fn, opts)
   if not seconds(secs) or secs == 0 then error("sluice.every expects a positive number of seconds", 2) end
   if type(fn) ~= "function" then error("sluice.every expects a function", 2) end
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("sluice.every: options must be a table", 2) end
+    event.check_keys(opts, { overlap = true }, "sluice.every", 2)
+    if opts.overlap ~= nil and type(opts.overlap) ~= "boolean" then error("sluice.every: overlap must be a boolean", 2) end
+    if opts.overlap == false then
+      local busy, body = false, fn
+      fn = function()
+        if busy then return end
+        busy = true
+        local ok, err = xpcall(body, error_trace)
+        busy = false
+        if not ok then error(err, 0) end
+      end
+    end
+  end
   return core.timer(secs, secs, fn)
 end
 
@@ -213,8 +276,8 @@ local function on_close(conn, fn)
   if type(fn) ~= "function" then error("on_close expects a function", 3) end
   if core.closed(conn) then
     -- Already gone: run it now so a script's bookkeeping still happens once.
-    local ok, err = xpcall(fn, traceback, conn)
-    if not ok then core.log(0, "on_close hook: " .. tostring(err)) end
+    local ok, err = xpcall(fn, error_trace, conn)
+    if not ok then core.log(0, "on_close hook: " .. err) end
     return
   end
   local list = hooks[conn]
@@ -223,13 +286,20 @@ local function on_close(conn, fn)
 end
 
 --- Called by the core once a connection is gone: runs its on_close hooks.
+-- They run outside any coroutine: nothing in them can wait.
 function _M._gone(conn)
   local list = hooks[conn]
   if not list then return end
   hooks[conn] = nil
   for i = 1, #list do
-    local ok, err = xpcall(list[i], traceback, conn)
-    if not ok then core.log(0, "on_close hook: " .. tostring(err)) end
+    local ok, err = xpcall(list[i], error_trace, conn)
+    if not ok then
+      if find(err, "attempt to yield across", 1, true) then
+        err = "on_close hooks cannot wait (coroutine.yield, sluice.sleep): they run once the connection "
+          .. "is gone; start waiting work with sluice.after(0, fn)\n" .. err
+      end
+      core.log(0, "on_close hook: " .. err)
+    end
   end
 end
 
@@ -237,7 +307,7 @@ local function send_opts(conn, data, opts)
   local text, why = to_data(data)
   if not text then error("cannot send " .. why .. " as an event", 3) end
   if opts == nil then return c_send(conn, text) end
-  local m = event.message(text, opts)
+  local m = event.message(text, opts, "conn:send")
   return c_send(conn, m.data, m.id, m.event, m.retry)
 end
 
@@ -318,12 +388,12 @@ local function stepper(gen)
     return function(...)
       if status(gen) == "dead" then return nil end
       local ok, v, a = resume(gen, ...)
-      if not ok then error(traceback(gen, tostring(v)), 0) end
+      if not ok then error(traceback(gen, error_text(v)), 0) end
       return v, a
     end
   end
   return function(...)
-    local ok, v, a = xpcall(gen, traceback, ...)
+    local ok, v, a = xpcall(gen, error_trace, ...)
     if not ok then
       if dead_error(v) then return nil end -- a wrap generator that returned its last value
       error(v, 0)
@@ -341,7 +411,10 @@ local function run_stream(conn, gen)
       -- scheduler, and what it resumes us with back down
       v, a = step(yield(v, a))
     end
-    if v == nil then break end
+    if v == nil then
+      if core.log_enabled(3) then core.log(3, "a stream ended: its generator returned or produced nil") end
+      break
+    end
     local ok, full = send_value(conn, v)
     if not ok then return end
     if full then yield(WAIT) end
@@ -406,6 +479,8 @@ local function plain(conn, st, text, headers)
   c_respond(conn, st, text, headers)
 end
 
+local function serve(conn, req, route, cors) return deliver(conn, req, route.handler(req), cors) end
+
 --- Called by the core in a new coroutine for each request.
 function _M._dispatch(conn, req)
   local segs, path = router.split(req.target)
@@ -440,7 +515,13 @@ function _M._dispatch(conn, req)
   end
   req.params = params
   req.target, req.query_string = nil, nil
-  return deliver(conn, req, route.handler(req), cors)
+  -- Errors name the route and where its handler is: a misuse in a tail call
+  -- (`return sluice.response("200")`) leaves no frame of the script behind.
+  local ok, err = xpcall(serve, error_trace, conn, req, route, cors)
+  if not ok then
+    core.log(0, "handler error in route " .. route.label .. ": " .. err)
+    core.fail(conn)
+  end
 end
 
 return _M

@@ -1,0 +1,121 @@
+-- Regressions of the script API (each a bug a new user hit): framing headers,
+-- inf/NaN spans, sluice.sleep in a coroutine the script drives itself, exact
+-- numbers and JSON, option keys, error locations and objects, on_close that
+-- waits, every without overlap, routes for unknown methods.
+local gw = require "gateway"
+local json = require "cjson"
+
+describe("script API", function()
+  local s
+  setup(function() s = gw.start("spec/fixtures/api_app.lua") end)
+  teardown(function() s:stop() end)
+
+  local function get(path) return s:request("GET", path) end
+  local function counts() return json.decode(get("/counts").body) end
+  local function log_has(text, what)
+    gw.wait_for(function() return s:logs():find(text, 1, true) end, 5, what or text)
+  end
+
+  it("refuses framing headers in responses and stream heads", function()
+    for _, name in ipairs { "Content-Length", "transfer-encoding", "Connection" } do
+      local res = get("/frame/response/" .. name)
+      assert.equal(500, res.status)
+      assert.is_nil(res.body:find("body", 1, true))
+      log_has("header '" .. name .. "' is set by the gateway")
+      assert.equal(500, get("/frame/stream/" .. name).status)
+    end
+  end)
+
+  it("rejects NaN spans, and treats math.huge as never", function()
+    local out = json.decode(get("/spans").body)
+    for _, k in ipairs { "sleep_nan", "after_nan", "every_nan", "every_zero" } do
+      assert.matches("number of seconds", out[k], 1, true)
+    end
+    assert.equal("true", s:request("POST", "/forever").body)
+    gw.wait_for(function() return counts().marker == 1 end, 5, "the 0.3 s marker timer")
+    local c = counts()
+    assert.is_nil(c.every_huge)
+    assert.is_nil(c.after_huge)
+    -- a sleep of math.huge lasts: heartbeats come, the event after it never does
+    local st = s:sse("/sleep-forever")
+    assert.equal("before", st:read_event().data)
+    local beat = assert(st:read_event(3))
+    assert.is_nil(beat.data)
+    st:close()
+  end)
+
+  it("lets a sleep in a coroutine the script drives work when its pause is passed on, and says so when not", function()
+    for _, path in ipairs { "/producer/passed-up", "/producer/loop" } do
+      local st = s:sse(path)
+      assert.equal("p1", st:read_event().data)
+      st:close()
+    end
+    local st = s:sse("/producer/transformed")
+    assert.is_true(st:closed_by_peer(5))
+    log_has("ran inside a coroutine the script resumes itself")
+    assert.is_nil(s:logs():find("userdata: 0x", 1, true))
+    assert.matches("sluice.sleep was cut short", get("/producer/resumed-early").body, 1, true)
+  end)
+
+  it("writes whole numbers exactly in data, ids and JSON, and does not escape slashes", function()
+    local st = s:sse("/numbers")
+    local ev = st:read_event()
+    st:close()
+    assert.same({ "9007199254740994", "1795553552928042" }, { ev.data, ev.id })
+    local body = get("/numbers/json").body
+    for _, part in ipairs { '"big":9007199254740994', '"id":1795553552928042', '"half":0.5', '"url":"a/b"',
+      '"empty":[]', '"list":[]', '"obj":{}' } do
+      assert.truthy(body:find(part, 1, true), part .. " in " .. body)
+    end
+    assert.matches("^1795553552928042 %d+$", get("/numbers/publish").body)
+  end)
+
+  it("rejects unknown option keys everywhere", function()
+    for fn, key in pairs { message = "evnt", publish = "evnt", stream = "heartbeats", raw = "stauts",
+      subscribe = "on_closed", every = "overlaps" } do
+      assert.matches("unknown option '" .. key .. "'", get("/options/" .. fn).body, 1, true)
+    end
+  end)
+
+  it("names the route and the script's file:line when a handler misuses the API in a tail call", function()
+    assert.equal(500, get("/misuse/response").status)
+    log_has("handler error in route GET /misuse/response (spec/fixtures/api_app.lua:")
+    assert.equal(500, get("/misuse/subscribe").status)
+    log_has("handler error in route GET /misuse/subscribe (spec/fixtures/api_app.lua:")
+  end)
+
+  it("logs error objects by value", function()
+    assert.equal(500, get("/misuse/object").status)
+    gw.wait_for(function()
+      local l = s:logs()
+      return l:find('error object {"code":42,"why":"teapot"}', 1, true) or l:find('error object {"why":"teapot","code":42}', 1, true)
+    end, 5, "the error object in the log")
+    assert.is_nil(s:logs():find("error object is not a string", 1, true))
+  end)
+
+  it("says what is allowed when an on_close hook tries to wait", function()
+    local c = s:connect()
+    c:send("GET /close-yield HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.is_true(c:closed_by_peer(5))
+    log_has("on_close hooks cannot wait")
+    assert.equal("ok", get("/counts") and "ok")
+  end)
+
+  it("skips ticks of sluice.every while the last run goes on, with overlap = false", function()
+    for mode, check in pairs {
+      off = function(max) assert.equal(1, max) end,
+      on = function(max) assert.is_true(max >= 2, "max running " .. max) end,
+    } do
+      assert.equal(202, s:request("POST", "/overlap/" .. mode).status)
+      gw.wait_for(function() return (counts()["clock_" .. mode] or 0) >= 5 end, 5, "five periods")
+      check(tonumber(s:request("POST", "/overlap/" .. mode .. "/release").body))
+    end
+  end)
+
+  it("refuses a route for a method the parser does not know, at load time", function()
+    local code, err = gw.run({ gw.write_file(gw.tmpname(".lua"),
+      "local sluice = require 'sluice'\nsluice.route('FETCH', '/x', function() end)\n") })
+    assert.equal(1, code)
+    assert.matches("%.lua:2: unknown HTTP method 'FETCH'", err)
+  end)
+end)
