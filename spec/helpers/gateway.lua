@@ -258,9 +258,11 @@ end
 function Client:read_event(secs)
   local deadline = socket.gettime() + (secs or 5) * SLOW
   while true do
-    local s, e = self.buf:find("\r?\n\r?\n")
-    -- A block is a run of lines ended by an empty line.
+    -- A block is a run of lines ended by an empty line. The search goes on from
+    -- where the last one stopped, so a large event is not scanned again per read.
+    local s, e = self.buf:find("\r?\n\r?\n", math.max(1, (self.scanned or 0) - 3))
     if s then
+      self.scanned = 0
       local block = self.buf:sub(1, s - 1)
       self.buf = self.buf:sub(e + 1)
       local ev, data = { comments = {} }, nil
@@ -278,8 +280,12 @@ function Client:read_event(secs)
       ev.data = data
       return ev
     end
+    self.scanned = #self.buf
     local ok, err = self:fill(deadline)
-    if not ok then return nil, err end
+    if not ok then
+      self.scanned = 0
+      return nil, err
+    end
   end
 end
 

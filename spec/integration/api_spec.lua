@@ -112,6 +112,21 @@ describe("script API", function()
     end
   end)
 
+  it("replays a history larger than queue_limit to a client that reads, pausing at the high-water mark", function()
+    local first = s:request("POST", "/big").body
+    local before = json.decode(get("/stats-lite").body).dropped_slow
+    local st = s:sse("/sub/big", { ["Last-Event-ID"] = first })
+    for i = 1, 2 do
+      local ev = assert(st:read_event(20))
+      assert.equal(3 * 1024 * 1024 + 1, #ev.data)
+      assert.equal(tostring(i), ev.data:sub(1, 1))
+    end
+    assert.equal(before, json.decode(get("/stats-lite").body).dropped_slow)
+    s:request("POST", "/pub-small")
+    assert.equal("small", assert(st:read_event(5)).data)
+    st:close()
+  end)
+
   it("refuses a route for a method the parser does not know, at load time", function()
     local code, err = gw.run({ gw.write_file(gw.tmpname(".lua"),
       "local sluice = require 'sluice'\nsluice.route('FETCH', '/x', function() end)\n") })
