@@ -77,7 +77,7 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
-  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
+  if (sl_server_track(srv, c) || uv_accept(listener, (uv_stream_t *)&c->tcp)) {
     sl_conn_close(c);
     return;
   }
@@ -328,6 +328,28 @@ int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *la
   return r;
 }
 
+int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (!c->sub) return -ENOENT;
+  return sl_hub_change(&c->srv->hub, c->sub, chans, n, add, (double)uv_hrtime() / 1e9);
+}
+
+int sl_conn_kick(sl_server *srv, const char *name, size_t len) {
+  sl_hub_sub **subs;
+  int n = sl_hub_subs(&srv->hub, name, len, &subs);
+  int kicked = 0;
+  /* Listeners (sluice.listen) are subscribers too, but not connections. */
+  for (int i = 0; i < n; i++) {
+    if (subs[i]->deliver != sub_deliver) continue;
+    sl_conn *c = subs[i]->data;
+    if (c->closing || c->ending) continue;
+    sl_conn_end(c);
+    kicked++;
+  }
+  free(subs);
+  return n < 0 ? n : kicked;
+}
+
 void sl_conn_end(sl_conn *c) {
   if (c->closing || c->ending) return;
   c->ending = 1;
@@ -339,11 +361,12 @@ void sl_conn_end(sl_conn *c) {
 static void on_closed(uv_handle_t *h) {
   sl_conn *c = h->data;
   if (--c->pending_closes) return;
-  if (c->vm) sl_vm_conn_gone(c->vm, c);
+  sl_vm_conn_closed(c->srv, c);
   for (unsigned i = 0; i < c->qlen; i++) sl_buf_unref(c->q[i]);
   free(c->q);
   free(c->in);
   sl_req_free(c->req);
+  free(c->params);
   free(c);
 }
 
@@ -356,6 +379,7 @@ void sl_conn_close(sl_conn *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
+  sl_server_untrack(srv, c);
   if (c->sub) {
     if (srv->redis) sl_redis_replay_cancel(srv->redis, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);
@@ -504,7 +528,7 @@ void sl_conn_task_done(sl_conn *c, int ok) {
     return;
   }
   /* The next request may be served by another state (after a reload): drop this one's handle. */
-  if (c->vm) sl_vm_conn_gone(c->vm, c);
+  if (c->vm) sl_vm_conn_release(c->vm, c);
   sl_req_free(c->req);
   c->req = NULL;
   c->state = SL_CS_HEAD;

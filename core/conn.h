@@ -22,6 +22,9 @@ enum sl_conn_state {
   SL_CS_STREAM     /* an event stream (or raw connection): no more requests on it */
 };
 
+/* What a streaming connection was started for (sluice.connections filters on it). */
+enum sl_conn_mode { SL_MODE_NONE, SL_MODE_ONCE, SL_MODE_STREAM, SL_MODE_SUBSCRIBE, SL_MODE_RAW };
+
 typedef struct sl_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;          /* header timeout, then heartbeats */
@@ -46,8 +49,11 @@ typedef struct sl_conn {
   int err_status;            /* set by a parser callback that rejects the request */
   struct sl_task *task;      /* the handler coroutine, if one runs */
   sl_hub_sub *sub;           /* its subscription, if it subscribed */
-  int ud_ref;                /* registry ref of the Lua handle, LUA_NOREF if none */
-  void *ud;
+  int ud_ref;                /* registry ref of the Lua handle in c->vm, LUA_NOREF if none */
+  const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
+  char *params;              /* its route captures (lcopy bytes), NULL if none */
+  uint32_t params_len;
+  uint8_t mode;              /* enum sl_conn_mode, once it streams */
   uint8_t state;
   uint8_t closing : 1, ending : 1, keepalive : 1, msg_done : 1, reading : 1, wrote : 1,
       processing : 1, is_head : 1;
@@ -68,6 +74,12 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
 /* Subscribes the connection (already streaming) to n channels, replaying after last_id.
  * Returns the number of events replayed, or a negative errno (-EPIPE: it was closed). */
 int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen);
+/* Adds (add = 1) or removes channels of the connection's subscription. 0,
+ * -ENOENT (not subscribed), -EPIPE (closing), or what sl_hub_change returns. */
+int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add);
+/* Ends every connection subscribed to the channel (once what is queued is
+ * written); returns how many, or -ENOMEM. */
+int sl_conn_kick(struct sl_server *srv, const char *name, size_t len);
 /* Closes once everything queued is written. */
 void sl_conn_end(sl_conn *c);
 /* The one close path: stops everything, cancels the task; memory goes in the close callbacks. */

@@ -469,7 +469,14 @@ int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **events, int n) {
   return r < 0 ? r : (int)sub->replayed;
 }
 
+static void unlink_all(sl_hub *hub, sl_hub_sub *sub);
+
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
+  unlink_all(hub, sub);
+  drop_held(sub);
+}
+
+static void unlink_all(sl_hub *hub, sl_hub_sub *sub) {
   for (unsigned i = 0; i < sub->nlinks; i++) {
     sl_hub_link *l = &sub->links[i];
     sl_hub_chan *c = l->chan;
@@ -482,7 +489,62 @@ void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
   free(sub->links);
   sub->links = NULL;
   sub->nlinks = 0;
-  drop_held(sub);
+}
+
+static int named(const sl_hub_str *chans, int n, const sl_hub_chan *c) {
+  for (int i = 0; i < n; i++)
+    if (chans[i].len == c->namelen && memcmp(chans[i].p, c->name, c->namelen) == 0) return 1;
+  return 0;
+}
+
+int sl_hub_change(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, int add, double now) {
+  unsigned max = sub->nlinks + (add ? (unsigned)n : 0);
+  sl_hub_chan **cs = calloc(max ? max : 1, sizeof *cs);
+  if (!cs) return -ENOMEM;
+  unsigned ncs = 0;
+  for (unsigned i = 0; i < sub->nlinks; i++)
+    if (add || !named(chans, n, sub->links[i].chan)) cs[ncs++] = sub->links[i].chan;
+  /* Kept channels must outlive the unlinking below: busy holds them. */
+  for (unsigned i = 0; i < ncs; i++) cs[i]->busy++;
+  int r = 0;
+  for (int i = 0; add && i < n && !r; i++) {
+    sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
+    if (!c) {
+      r = -ENOMEM;
+      break;
+    }
+    int dup = 0;
+    for (unsigned k = 0; k < ncs; k++) dup |= cs[k] == c;
+    if (dup) continue;
+    trim_expired(hub, c, now);
+    c->busy++;
+    cs[ncs++] = c;
+  }
+  if (ncs > SL_HUB_MAX_LINKS) r = -E2BIG;
+  sl_hub_link *links = r ? NULL : calloc(ncs ? ncs : 1, sizeof *links);
+  if (!r && !links) r = -ENOMEM;
+  if (!r) {
+    unlink_all(hub, sub);
+    link_all(sub, links, cs, (int)ncs);
+  }
+  for (unsigned i = 0; i < ncs; i++) {
+    cs[i]->busy--;
+    maybe_free(hub, cs[i]);
+  }
+  free(cs);
+  return r;
+}
+
+int sl_hub_subs(sl_hub *hub, const char *name, size_t len, sl_hub_sub ***out) {
+  *out = NULL;
+  sl_hub_chan *c = find(hub, name, len, hash_of(name, len));
+  if (!c || !c->nsubs) return 0;
+  sl_hub_sub **subs = malloc(c->nsubs * sizeof *subs);
+  if (!subs) return -ENOMEM;
+  int n = 0;
+  for (sl_hub_link *l = c->subs; l; l = l->next) subs[n++] = l->sub;
+  *out = subs;
+  return n;
 }
 
 unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len) {

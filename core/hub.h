@@ -126,6 +126,13 @@ int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub);
  * subscribers nor history are freed. */
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub);
 
+/* Adds the n channels to a live subscriber's (add = 1: live events from now on,
+ * no replay) or removes them (add = 0). 0, -ENOMEM or -E2BIG (more than
+ * SL_HUB_MAX_LINKS channels); on failure nothing changed. */
+#define SL_HUB_MAX_LINKS 64
+int sl_hub_change(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, int add, double now);
+/* The subscribers of a channel now, as a new array (*out, free it); their count or -ENOMEM. */
+int sl_hub_subs(sl_hub *hub, const char *name, size_t len, sl_hub_sub ***out);
 unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len);
 /* Drops history older than ttl from channels not published to since; frees empty channels. */
 void sl_hub_sweep(sl_hub *hub, double now);

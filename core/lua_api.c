@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include "conn.h"
 #include "json.h"
+#include "lcopy.h"
+#include "listen.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "redis.h"
@@ -23,9 +25,15 @@ static sl_vm *vm_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)
 
 static sl_conn_ud *check_ud(lua_State *L, int idx) { return luaL_checkudata(L, idx, SL_CONN_MT); }
 
+/* The connection of the handle at idx, NULL once it is gone. */
+static sl_conn *conn_of(lua_State *L, int idx) {
+  sl_conn_ud *ud = check_ud(L, idx);
+  return sl_server_conn(ud->srv, ud->id);
+}
+
 /* The live connection at idx, or NULL when it is closed or closing. */
 static sl_conn *live_conn(lua_State *L, int idx) {
-  sl_conn *c = check_ud(L, idx)->c;
+  sl_conn *c = conn_of(L, idx);
   return c && !c->closing && !c->ending ? c : NULL;
 }
 
@@ -131,7 +139,29 @@ static long long opt_retry(lua_State *L, int idx, long long dflt) {
   return (long long)n;
 }
 
-/* start(conn, status, headers, retry, heartbeat): the head of an event stream or raw response. */
+/* Remembers what the connection streams for (mode, route pattern, its
+ * captures), for sluice.connections and the handle's fields in any state. */
+static void note_route(lua_State *L, sl_conn *c, int idx) {
+  static const char *const modes[] = {"none", "once", "stream", "subscribe", "raw", NULL};
+  c->mode = (uint8_t)luaL_checkoption(L, idx, "none", modes);
+  if (lua_isstring(L, idx + 1)) c->route = sl_server_intern(c->srv, lua_tostring(L, idx + 1));
+  if (lua_istable(L, idx + 2) && !c->params) {
+    lua_pushnil(L);
+    int empty = !lua_next(L, idx + 2);
+    if (!empty) lua_pop(L, 2);
+    sl_sb sb;
+    char err[128];
+    sl_sb_init(&sb, 64);
+    if (!empty && sl_copy_dump(L, idx + 2, &sb, err, sizeof err) == 0 && (c->params = malloc(sb.b->len)) != NULL) {
+      memcpy(c->params, sb.b->data, sb.b->len);
+      c->params_len = (uint32_t)sb.b->len;
+    }
+    sl_sb_free(&sb);
+  }
+}
+
+/* start(conn, status, headers, retry, heartbeat, mode, route, params): the head
+ * of an event stream or raw response. */
 static int api_start(lua_State *L) {
   sl_vm *vm = vm_of(L);
   check_ud(L, 1);
@@ -143,6 +173,7 @@ static int api_start(lua_State *L) {
   sl_conn *c = live_conn(L, 1);
   int r = c ? sl_conn_start_stream(c, status, &sb, heartbeat) : -EPIPE;
   sl_sb_free(&sb);
+  if (r == 0) note_route(L, c, 6);
   if (r == -EALREADY) return luaL_error(L, "the response was already sent");
   if (r == 0 && retry >= 0) {
     sl_sb_init(&sb, 32);
@@ -315,9 +346,91 @@ static int channel_list(lua_State *L, int idx, sl_hub_str *out) {
 /* release(conn): the script needs no handle for this connection any more (a
  * subscription without close hooks lives on in the hub alone). */
 static int api_release(lua_State *L) {
-  sl_conn *c = check_ud(L, 1)->c;
-  if (c && c->vm) sl_vm_conn_gone(c->vm, c);
+  sl_conn *c = conn_of(L, 1);
+  if (c && c->vm) sl_vm_conn_release(c->vm, c);
   return 0;
+}
+
+/* change(conn, channels, add) -> true, or nil and "closed" / "not subscribed" / why */
+static int api_change(lua_State *L) {
+  check_ud(L, 1);
+  sl_hub_str chans[SL_MAX_CHANNELS];
+  int n = channel_list(L, 2, chans);
+  sl_conn *c = live_conn(L, 1);
+  if (!c) return fail(L, "closed");
+  int r = sl_conn_change(c, chans, n, lua_toboolean(L, 3));
+  if (r == -ENOENT) return fail(L, "not subscribed");
+  if (r == -E2BIG) return fail(L, "at most 64 channels");
+  if (r == -ENOMEM) return fail(L, "out of memory");
+  if (r) return fail(L, "closed");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* kick(channel) -> how many subscribed connections were ended */
+static int api_kick(lua_State *L) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  int n = sl_conn_kick(vm_of(L)->srv, name, len);
+  if (n < 0) return fail(L, "out of memory");
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* Whether c streams and matches the filter table at idx (route, mode, channel). */
+static int matches(lua_State *L, sl_conn *c, int idx) {
+  static const char *const modes[] = {"none", "once", "stream", "subscribe", "raw"};
+  if (c->state != SL_CS_STREAM || c->closing || c->ending) return 0;
+  if (lua_isnoneornil(L, idx)) return 1;
+  lua_getfield(L, idx, "route");
+  const char *route = lua_tostring(L, -1);
+  int ok = !route || (c->route && strcmp(route, c->route) == 0);
+  lua_getfield(L, idx, "mode");
+  const char *mode = lua_tostring(L, -1);
+  ok = ok && (!mode || strcmp(mode, modes[c->mode]) == 0);
+  lua_getfield(L, idx, "channel");
+  size_t clen;
+  const char *chan = lua_tolstring(L, -1, &clen);
+  if (ok && chan) {
+    ok = 0;
+    for (unsigned i = 0; c->sub && i < c->sub->nlinks && !ok; i++) {
+      sl_hub_chan *ch = c->sub->links[i].chan;
+      ok = ch->namelen == clen && memcmp(ch->name, chan, clen) == 0;
+    }
+  }
+  lua_pop(L, 3);
+  return ok;
+}
+
+/* connections(filter) -> the handles of the streaming connections that match */
+static int api_connections(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  lua_newtable(L);
+  int n = 0;
+  for (sl_conn *c = vm->srv->conns; c; c = c->next) {
+    if (!matches(L, c, 1)) continue;
+    sl_vm_push_conn(vm, L, c);
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+/* conn(id) -> the handle of a live connection, or nil */
+static int api_conn(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  lua_Number id = luaL_checknumber(L, 1);
+  sl_conn *c = id >= 1 && id < 9007199254740992.0 ? sl_server_conn(vm->srv, (uint64_t)id) : NULL;
+  if (!c || c->closing) return 0;
+  sl_vm_push_conn(vm, L, c);
+  return 1;
+}
+
+/* previous_state() -> a copy of what the previous state's on_reload gave, or nil */
+static int api_previous_state(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  if (!vm->handover || sl_copy_load(L, vm->handover->data, vm->handover->len)) lua_pushnil(L);
+  return 1;
 }
 
 /* subscribe(conn, channels, last_event_id) -> replayed count, or nil, "closed" */
@@ -537,16 +650,58 @@ static int timer_active(lua_State *L) {
   return 1;
 }
 
-/* The handle's fields: id and closed; everything else comes from core.conn_methods. */
+/* conn.data: the connection's table in this state (made on first use). */
+static void push_data(lua_State *L, sl_conn_ud *ud, int make) {
+  lua_getfield(L, LUA_REGISTRYINDEX, SL_DATA);
+  lua_pushnumber(L, (double)ud->id);
+  lua_rawget(L, -2);
+  if (lua_isnil(L, -1) && make) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushnumber(L, (double)ud->id);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+/* The handle's fields: id, closed, data, route, params, mode, channels;
+ * everything else comes from core.conn_methods. */
 static int conn_index(lua_State *L) {
+  static const char *const modes[] = {"none", "once", "stream", "subscribe", "raw"};
   sl_conn_ud *ud = check_ud(L, 1);
   const char *k = lua_tostring(L, 2);
-  if (k && strcmp(k, "id") == 0) {
-    lua_pushnumber(L, ud->id);
+  sl_conn *c;
+  if (!k) return 0;
+  if (strcmp(k, "id") == 0) {
+    lua_pushnumber(L, (double)ud->id);
     return 1;
   }
-  if (k && strcmp(k, "closed") == 0) {
+  if (strcmp(k, "closed") == 0) {
     lua_pushboolean(L, live_conn(L, 1) == NULL);
+    return 1;
+  }
+  if (strcmp(k, "data") == 0) {
+    /* A closed connection keeps its data until its close hooks have run. */
+    push_data(L, ud, conn_of(L, 1) != NULL);
+    return 1;
+  }
+  if (strcmp(k, "route") == 0 || strcmp(k, "params") == 0 || strcmp(k, "mode") == 0 || strcmp(k, "channels") == 0) {
+    if (!(c = conn_of(L, 1))) return 0;
+    if (k[0] == 'r') {
+      if (c->route) lua_pushstring(L, c->route);
+      else lua_pushnil(L);
+    } else if (k[0] == 'p') {
+      if (!c->params || sl_copy_load(L, c->params, c->params_len)) lua_newtable(L);
+    } else if (k[0] == 'm') {
+      lua_pushstring(L, modes[c->mode]);
+    } else {
+      lua_createtable(L, c->sub ? (int)c->sub->nlinks : 0, 0);
+      for (unsigned i = 0; c->sub && i < c->sub->nlinks; i++) {
+        lua_pushlstring(L, c->sub->links[i].chan->name, c->sub->links[i].chan->namelen);
+        lua_rawseti(L, -2, (int)i + 1);
+      }
+    }
     return 1;
   }
   lua_pushvalue(L, 2);
@@ -556,7 +711,9 @@ static int conn_index(lua_State *L) {
 
 static int conn_tostring(lua_State *L) {
   sl_conn_ud *ud = check_ud(L, 1);
-  lua_pushfstring(L, "sluice.conn %d%s", (int)ud->id, live_conn(L, 1) ? "" : " (closed)");
+  char t[SL_NUMBER_MAX];
+  sl_number_text((double)ud->id, t);
+  lua_pushfstring(L, "sluice.conn %s%s", t, live_conn(L, 1) ? "" : " (closed)");
   return 1;
 }
 
@@ -567,7 +724,8 @@ static int open_core(lua_State *L) {
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"fail", api_fail},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
-      {"subscribe", api_subscribe}, {"release", api_release}, {"publish", api_publish}, {"subscribers", api_subscribers},
+      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick},
+      {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
       {"stat", api_stat},       {"realpath", api_realpath}, {"read_file", api_read_file}, {NULL, NULL}};
   lua_newtable(L);
@@ -581,6 +739,7 @@ static int open_core(lua_State *L) {
   HTTP_METHOD_MAP(SL_METHOD)
 #undef SL_METHOD
   lua_setfield(L, -2, "methods");
+  sl_listen_open(L, vm);
   sl_sched_open(vm, L);
   lua_setfield(L, -4, "AWAIT");
   lua_setfield(L, -3, "WAIT");
@@ -590,6 +749,16 @@ static int open_core(lua_State *L) {
 
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setfield(L, -2, "script_dir");
+
+  /* Handles by connection id (weak values) and conn.data by id. */
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, SL_DATA);
 
   /* The connection handle's metatable; its methods are filled in by the Lua library. */
   lua_newtable(L); /* methods */

@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include "conn.h"
 #include "log.h"
+#include "lcopy.h"
 #include "lua_api.h"
 #include "sched.h"
 #include "server.h"
@@ -87,13 +88,18 @@ static int load_call(lua_State *L, int nargs, int nres, char *err, size_t errlen
   return r;
 }
 
-sl_vm *sl_vm_open(sl_server *srv, const char *script, char *err, size_t errlen) {
+sl_vm *sl_vm_open(sl_server *srv, const char *script, sl_buf *handover, char *err, size_t errlen) {
   sl_vm *vm = calloc(1, sizeof *vm);
-  if (!vm) return NULL;
+  if (!vm) {
+    sl_buf_unref(handover);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
   vm->srv = srv;
+  vm->handover = handover;
   vm->script = strdup(script);
   sl_config_defaults(&vm->cfg);
-  vm->dispatch_ref = vm->gone_ref = LUA_NOREF;
+  vm->dispatch_ref = vm->gone_ref = vm->reloading_ref = LUA_NOREF;
   lua_State *L = vm->L = luaL_newstate();
   if (!L) {
     snprintf(err, errlen, "cannot create a Lua state");
@@ -122,6 +128,8 @@ sl_vm *sl_vm_open(sl_server *srv, const char *script, char *err, size_t errlen) 
   vm->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, -1, "_gone");
   vm->gone_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "_reloading");
+  vm->reloading_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pop(L, 1);
 
   if (luaL_loadfile(L, script)) {
@@ -138,6 +146,8 @@ fail:
   return NULL;
 }
 
+static void hand_data(sl_vm *old, sl_vm *vm);
+
 void sl_vm_activate(sl_vm *vm) {
   sl_server *srv = vm->srv;
   sl_vm *old = srv->vm;
@@ -150,11 +160,70 @@ void sl_vm_activate(sl_vm *vm) {
   if (!old || old == vm) return;
   if (strcmp(old->cfg.redis, vm->cfg.redis) != 0)
     sl_warn("redis: the engine is chosen at start-up: restart to use '%s'", vm->cfg.redis[0] ? vm->cfg.redis : "none");
-  sl_vm_stop(old);
+  hand_data(old, vm);
+  /* Pending timers stop (the new script starts its own); bodies already
+   * running finish in the old state, as streams do. */
+  unsigned stopped = 0, running = 0;
+  while (old->timers) {
+    sl_timer_stop(old->timers);
+    stopped++;
+  }
+  for (sl_task *t = old->tasks; t; t = t->next) running += !t->conn;
+  if (stopped || running)
+    sl_info("reload: stopped %u timer%s of the previous state; %u running timer bod%s finish%s there", stopped,
+            stopped == 1 ? "" : "s", running, running == 1 ? "y" : "ies", running == 1 ? "es" : "");
   old->retired = 1;
   old->next_retired = srv->retired;
   srv->retired = old;
   sl_vm_maybe_close(old);
+}
+
+/* Copies each live connection's conn.data from the old state into the new one. */
+static void hand_data(sl_vm *old, sl_vm *vm) {
+  lua_State *from = old->L, *to = vm->L;
+  lua_getfield(from, LUA_REGISTRYINDEX, SL_DATA);
+  lua_getfield(to, LUA_REGISTRYINDEX, SL_DATA);
+  lua_pushnil(from);
+  while (lua_next(from, -2)) {
+    uint64_t id = (uint64_t)lua_tonumber(from, -2);
+    sl_conn *c = sl_server_conn(vm->srv, id);
+    if (c && !c->closing) {
+      sl_sb sb;
+      char err[128];
+      sl_sb_init(&sb, 128);
+      if (sl_copy_dump(from, -1, &sb, err, sizeof err) == 0) {
+        lua_pushnumber(to, (double)id);
+        if (sl_copy_load(to, sb.b->data, sb.b->len) == 0) lua_rawset(to, -3);
+        else lua_pop(to, 1);
+      } else {
+        sl_warn("reload: the data of connection %llu stays behind: %s", (unsigned long long)id, err);
+      }
+      sl_sb_free(&sb);
+    }
+    lua_pop(from, 1);
+  }
+  lua_pop(from, 1);
+  lua_pop(to, 1);
+}
+
+sl_buf *sl_vm_handover(sl_vm *vm) {
+  lua_State *L = vm->L;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, traceback);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->reloading_ref);
+  sl_buf *b = NULL;
+  if (lua_pcall(L, 0, 2, top + 1)) {
+    sl_error("on_reload: %s", error_text(L, -1));
+  } else if (lua_toboolean(L, -2)) { /* (true, state): on_reload was called */
+    sl_sb sb;
+    char err[160];
+    sl_sb_init(&sb, 256);
+    if (sl_copy_dump(L, -1, &sb, err, sizeof err) == 0) b = sl_sb_finish(&sb);
+    else sl_error("on_reload: its state cannot be handed over: %s", err);
+    sl_sb_free(&sb);
+  }
+  lua_settop(L, top);
+  return b;
 }
 
 void sl_vm_maybe_close(sl_vm *vm) {
@@ -170,6 +239,7 @@ void sl_vm_maybe_close(sl_vm *vm) {
 void sl_vm_close(sl_vm *vm) {
   if (!vm) return;
   if (vm->L) lua_close(vm->L);
+  sl_buf_unref(vm->handover);
   free(vm->script);
   free(vm);
 }
@@ -229,21 +299,36 @@ static void push_request(lua_State *L, sl_conn *c) {
 }
 
 void sl_vm_push_conn(sl_vm *vm, lua_State *L, sl_conn *c) {
-  if (c->ud_ref != LUA_NOREF) {
+  if (c->vm == vm && c->ud_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
     return;
   }
-  sl_conn_ud *ud = lua_newuserdata(L, sizeof *ud);
-  ud->c = c;
-  ud->id = (double)c->id;
-  luaL_getmetatable(L, SL_CONN_MT);
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  c->ud = ud;
+  /* One handle per connection and state while anything holds it (a weak table),
+   * so a connection is the same key in the script's tables every time. */
+  lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
+  lua_pushnumber(L, (double)c->id);
+  lua_rawget(L, -2);
+  if (!lua_isuserdata(L, -1)) {
+    lua_pop(L, 1);
+    sl_conn_ud *ud = lua_newuserdata(L, sizeof *ud);
+    ud->srv = vm->srv;
+    ud->id = c->id;
+    luaL_getmetatable(L, SL_CONN_MT);
+    lua_setmetatable(L, -2);
+    lua_pushnumber(L, (double)c->id);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+  /* The first state to take it (a request's, or a reload's for a connection no
+   * state holds) holds the connection: its state lives while the connection does. */
   if (!c->vm) {
     c->vm = vm;
     vm->users++;
+  }
+  if (c->vm == vm) {
+    lua_pushvalue(L, -1);
+    c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
 }
 
@@ -264,20 +349,47 @@ void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
   sl_task_resume(t, 2);
 }
 
-void sl_vm_conn_gone(sl_vm *vm, sl_conn *c) {
-  if (c->ud_ref != LUA_NOREF) {
-    lua_State *L = vm->L;
-    ((sl_conn_ud *)c->ud)->c = NULL;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
-    sl_vm_pcall(L, 1, "on_close hook");
-    luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
-    c->ud_ref = LUA_NOREF;
-    c->ud = NULL;
+void sl_vm_conn_release(sl_vm *vm, sl_conn *c) {
+  if (c->vm != vm) return;
+  if (c->ud_ref != LUA_NOREF) luaL_unref(vm->L, LUA_REGISTRYINDEX, c->ud_ref);
+  c->ud_ref = LUA_NOREF;
+  c->vm = NULL;
+  vm->users--;
+  sl_vm_maybe_close(vm);
+}
+
+/* Whether vm has a handle or data for connection id (it then has hooks to run or data to drop). */
+static int knows(sl_vm *vm, uint64_t id) {
+  lua_State *L = vm->L;
+  int found = 0;
+  const char *tables[] = {SL_HANDLES, SL_DATA};
+  for (int i = 0; i < 2 && !found; i++) {
+    lua_getfield(L, LUA_REGISTRYINDEX, tables[i]);
+    lua_pushnumber(L, (double)id);
+    lua_rawget(L, -2);
+    found = !lua_isnil(L, -1);
+    lua_pop(L, 2);
   }
-  if (c->vm == vm) {
-    c->vm = NULL;
-    vm->users--;
-    sl_vm_maybe_close(vm);
-  }
+  return found;
+}
+
+/* Runs the state's _gone(handle or nil, id): close hooks, then its data is dropped. */
+static void gone_in(sl_vm *vm, sl_conn *c) {
+  lua_State *L = vm->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);
+  lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
+  lua_pushnumber(L, (double)c->id);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  lua_pushnumber(L, (double)c->id);
+  sl_vm_pcall(L, 2, "on_close hook");
+}
+
+void sl_vm_conn_closed(sl_server *srv, sl_conn *c) {
+  sl_vm *owner = c->vm;
+  if (owner) gone_in(owner, c);
+  if (srv->vm && srv->vm != owner && knows(srv->vm, c->id)) gone_in(srv->vm, c);
+  for (sl_vm *v = srv->retired; v; v = v->next_retired)
+    if (v != owner && knows(v, c->id)) gone_in(v, c);
+  if (owner) sl_vm_conn_release(owner, c);
 }

@@ -18,7 +18,8 @@ typedef struct sl_vm {
   unsigned users;          /* connections whose Lua objects live in this state */
   int retired;             /* replaced by a reload: closed once its last user is gone */
   struct sl_vm *next_retired;
-  int dispatch_ref, gone_ref;
+  int dispatch_ref, gone_ref, reloading_ref;
+  sl_buf *handover;        /* what the previous state's on_reload gave (lcopy bytes), if anything */
   struct sl_task *tasks;   /* every live task of this state */
   struct sl_timer *timers; /* every running timer of this state */
   struct sl_task *current; /* the task being resumed, if any */
@@ -27,15 +28,26 @@ typedef struct sl_vm {
   char *script;
 } sl_vm;
 
+/* A connection's handle in a Lua state: it finds its connection by id, so a
+ * handle of a closed connection, or one made in another state, is safe to use. */
 typedef struct sl_conn_ud {
-  struct sl_conn *c;       /* NULL once the connection is gone */
-  double id;
+  struct sl_server *srv;
+  uint64_t id;
 } sl_conn_ud;
 
-/* Loads script into a new state. NULL on failure with err filled (file:line first). */
-sl_vm *sl_vm_open(struct sl_server *srv, const char *script, char *err, size_t errlen);
+/* Registry tables of every state: handles by connection id (weak values), and
+ * each connection's conn.data by id. */
+#define SL_HANDLES "sluice.handles"
+#define SL_DATA "sluice.data"
+
+/* Loads script into a new state, which takes handover (sluice.previous_state;
+ * may be NULL). NULL on failure with err filled (file:line first). */
+sl_vm *sl_vm_open(struct sl_server *srv, const char *script, sl_buf *handover, char *err, size_t errlen);
+/* Asks the state's sluice.on_reload function for the state to hand over; its
+ * bytes, or NULL (none, or it failed: logged). */
+sl_buf *sl_vm_handover(sl_vm *vm);
 void sl_vm_close(sl_vm *vm);
-/* Stops the state's timers and cancels its tasks (shutdown, or the state was replaced). */
+/* Stops the state's timers and cancels its tasks (shutdown, a failed load). */
 void sl_vm_stop(sl_vm *vm);
 /* Makes vm the one new requests go to: applies its configuration, stops the
  * timers of the state it replaces and retires that state. */
@@ -46,9 +58,13 @@ void sl_vm_maybe_close(sl_vm *vm);
 void sl_vm_dispatch(sl_vm *vm, struct sl_conn *c);
 /* Pushes c's handle on L (made on first use). */
 void sl_vm_push_conn(sl_vm *vm, lua_State *L, struct sl_conn *c);
-/* The connection is gone, or no longer needs its handle: run its close hooks,
- * release the handle and the connection's hold on the state. */
-void sl_vm_conn_gone(sl_vm *vm, struct sl_conn *c);
+/* The state no longer needs to hold the connection (a subscription the hub
+ * serves alone, a keep-alive connection between requests): its handle may go,
+ * and the connection no longer keeps the state alive. */
+void sl_vm_conn_release(sl_vm *vm, struct sl_conn *c);
+/* The connection is gone: every state that has a handle or data for it runs
+ * its close hooks and drops its data; the holding state is released. */
+void sl_vm_conn_closed(struct sl_server *srv, struct sl_conn *c);
 /* Calls the function under nargs arguments on L's top, protected; logs the error and
  * its traceback under what. Leaves nothing on the stack. 0 or -1. */
 int sl_vm_pcall(lua_State *L, int nargs, const char *what);

@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
   }
 
   char err[4096];
-  sl_vm *vm = sl_vm_open(&srv, script, err, sizeof err);
+  sl_vm *vm = sl_vm_open(&srv, script, NULL, err, sizeof err);
   int status = 0;
   if (!vm) {
     die_first_line("", err);

@@ -94,7 +94,10 @@ int sl_reload_now(sl_server *srv) {
   if (!r || r->stopped) return -1;
   uint64_t t0 = uv_hrtime();
   char err[4096];
-  sl_vm *vm = sl_vm_open(srv, r->script, err, sizeof err);
+  /* The old state hands over what it wants kept (sluice.on_reload) before the
+   * new script runs, so sluice.previous_state() works while it loads. */
+  sl_buf *handover = srv->vm ? sl_vm_handover(srv->vm) : NULL;
+  sl_vm *vm = sl_vm_open(srv, r->script, handover, err, sizeof err);
   if (r->watch) rewatch(r);
   if (!vm) {
     sl_error("reload of %s failed; the previous script keeps serving: %s", r->script, err);

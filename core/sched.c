@@ -81,6 +81,8 @@ static void task_end(sl_task *t, int ok) {
 
 /* A sleep (or a wait that found room) is over: the coroutine gets the sleep tag
  * back, which tells sluice.sleep that the gateway, not the script, resumed it. */
+static void on_poked(uv_timer_t *timer);
+
 static void on_wake(uv_timer_t *timer) {
   sl_task *t = timer->data;
   sl_sched_push_tag(t->vm, t->co, SL_TAG_SLEEP);
@@ -121,8 +123,11 @@ void sl_task_resume(sl_task *t, int nargs) {
       return;
     }
     if (tag && tag == tags[SL_TAG_AWAIT]) {
+      /* An optional span: resumed (with nothing) after it if nothing came. */
+      uint64_t ms = lua_isnumber(co, 2) ? sl_secs_ms(lua_tonumber(co, 2)) : SL_NEVER;
       lua_settop(co, 0);
       t->awaiting = 1;
+      if (ms != SL_NEVER) uv_timer_start(&t->timer, on_poked, ms, 0);
       return;
     }
     lua_settop(co, 0);
@@ -135,6 +140,21 @@ void sl_task_resume(sl_task *t, int nargs) {
     return;
   }
   task_end(t, 1);
+}
+
+/* An awaited thing happened (or the wait timed out): resume with nothing. */
+static void on_poked(uv_timer_t *timer) {
+  sl_task *t = timer->data;
+  if (!t->awaiting || t->running) return;
+  t->awaiting = 0;
+  t->await_slot = NULL;
+  sl_task_resume(t, 0);
+}
+
+void sl_task_poke(sl_task *t) {
+  if (!t->awaiting || t->ended || t->cancelled) return;
+  /* From the loop, not from here: the caller may be in the middle of a publish. */
+  uv_timer_start(&t->timer, on_poked, 0, 0);
 }
 
 sl_task *sl_task_current(sl_vm *vm, void **slot) {

@@ -61,6 +61,9 @@ sl_task *sl_task_current(struct sl_vm *vm, void **slot);
 /* Resumes an awaiting task with the nargs values pushed on t->co; a task that
  * is not awaiting (it was not yielded to the scheduler) just drops them. */
 void sl_task_wake(sl_task *t, int nargs);
+/* Something an awaiting task waits for arrived: it is resumed (with nothing)
+ * from the loop soon. A task that is not awaiting is left alone. */
+void sl_task_poke(sl_task *t);
 /* The connection left: the coroutine is never resumed again. */
 void sl_task_cancel(sl_task *t);
 /* The connection's queue went below its high-water mark. */

@@ -155,6 +155,10 @@ void sl_server_stop(sl_server *srv) {
     sl_conn_end(c);
   }
   if (srv->vm) sl_vm_stop(srv->vm);
+  for (sl_vm *v = srv->retired, *next; v; v = next) {
+    next = v->next_retired;
+    sl_vm_stop(v); /* timer bodies still running there (it may close at once) */
+  }
   sl_reload_stop(srv);
   sl_redis_stop(srv->redis);
   if (srv->conns) {
@@ -165,4 +169,79 @@ void sl_server_stop(sl_server *srv) {
   }
 }
 
-void sl_server_free(sl_server *srv) { sl_hub_free(&srv->hub); }
+void sl_server_free(sl_server *srv) {
+  sl_hub_free(&srv->hub);
+  free(srv->byid);
+  for (size_t i = 0; i < srv->nroutes; i++) free(srv->routes[i]);
+  free(srv->routes);
+}
+
+/* ---- connections by id: open addressing, linear probing, backward-shift delete ---- */
+
+static size_t id_slot(const sl_server *srv, uint64_t id) {
+  return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 17) & (srv->byid_cap - 1);
+}
+
+static void id_put(sl_server *srv, struct sl_conn *c) {
+  size_t i = id_slot(srv, c->id);
+  while (srv->byid[i]) i = (i + 1) & (srv->byid_cap - 1);
+  srv->byid[i] = c;
+}
+
+int sl_server_track(sl_server *srv, struct sl_conn *c) {
+  if ((srv->byid_len + 1) * 2 > srv->byid_cap) {
+    size_t cap = srv->byid_cap ? srv->byid_cap * 2 : 1024;
+    struct sl_conn **old = srv->byid;
+    size_t oldcap = srv->byid_cap;
+    srv->byid = calloc(cap, sizeof *srv->byid);
+    if (!srv->byid) {
+      srv->byid = old;
+      return -1;
+    }
+    srv->byid_cap = cap;
+    for (size_t i = 0; i < oldcap; i++)
+      if (old[i]) id_put(srv, old[i]);
+    free(old);
+  }
+  id_put(srv, c);
+  srv->byid_len++;
+  return 0;
+}
+
+void sl_server_untrack(sl_server *srv, struct sl_conn *c) {
+  if (!srv->byid_cap) return;
+  size_t mask = srv->byid_cap - 1, i = id_slot(srv, c->id);
+  while (srv->byid[i] && srv->byid[i] != c) i = (i + 1) & mask;
+  if (!srv->byid[i]) return;
+  srv->byid[i] = NULL;
+  srv->byid_len--;
+  /* Move later entries of the run back so lookups never stop at the hole. */
+  for (size_t j = (i + 1) & mask; srv->byid[j]; j = (j + 1) & mask) {
+    size_t home = id_slot(srv, srv->byid[j]->id);
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      srv->byid[i] = srv->byid[j];
+      srv->byid[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+struct sl_conn *sl_server_conn(sl_server *srv, uint64_t id) {
+  if (!srv->byid_cap) return NULL;
+  for (size_t i = id_slot(srv, id);; i = (i + 1) & (srv->byid_cap - 1)) {
+    struct sl_conn *c = srv->byid[i];
+    if (!c || c->id == id) return c;
+  }
+}
+
+const char *sl_server_intern(sl_server *srv, const char *s) {
+  for (size_t i = 0; i < srv->nroutes; i++)
+    if (strcmp(srv->routes[i], s) == 0) return srv->routes[i];
+  char **r = realloc(srv->routes, (srv->nroutes + 1) * sizeof *r);
+  if (!r) return NULL;
+  srv->routes = r;
+  char *copy = strdup(s);
+  if (!copy) return NULL;
+  srv->routes[srv->nroutes++] = copy;
+  return copy;
+}

@@ -49,6 +49,10 @@ typedef struct sl_server {
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   int stopping;
+  struct sl_conn **byid;   /* live connections by id (sl_server_conn) */
+  size_t byid_len, byid_cap;
+  char **routes;           /* route patterns of connections, each kept once */
+  size_t nroutes;
   char readbuf[SL_READ_BUF]; /* the one read buffer: each read is parsed before the next */
 } sl_server;
 
@@ -65,5 +69,12 @@ void sl_server_signals(sl_server *srv);
 /* Stops accepting and closes every connection once what is queued for it is
  * written (SL_DRAIN_MS at most); the loop then ends. */
 void sl_server_stop(sl_server *srv);
+/* Connections by id: what a script's handle (from any Lua state) finds its
+ * connection by. track: 0 or -1 (out of memory). */
+int sl_server_track(sl_server *srv, struct sl_conn *c);
+void sl_server_untrack(sl_server *srv, struct sl_conn *c);
+struct sl_conn *sl_server_conn(sl_server *srv, uint64_t id);
+/* s kept once for the server's life (route patterns: few); NULL if out of memory. */
+const char *sl_server_intern(sl_server *srv, const char *s);
 
 #endif

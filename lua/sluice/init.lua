@@ -112,6 +112,7 @@ end
 
 local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true }
 local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true }
+local SUBSCRIBE_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, snapshot = true }
 
 local function check_opts(opts, what, allowed, level)
   if opts == nil then return {} end
@@ -163,7 +164,11 @@ end
 --- sluice.subscribe(channels, opts): the connection receives every event published to them.
 function _M.subscribe(channels, opts)
   channels = channel_list(channels, "sluice.subscribe", 2)
-  return setmetatable({ kind = "subscribe", value = channels, opts = check_opts(opts, "sluice.subscribe", nil, 2) }, Mode)
+  opts = check_opts(opts, "sluice.subscribe", SUBSCRIBE_KEYS, 2)
+  if opts.snapshot ~= nil and getmetatable(opts.snapshot) ~= Message and not to_data(opts.snapshot) then
+    error("sluice.subscribe: opts.snapshot must be a string, number, table or sluice.message", 2)
+  end
+  return setmetatable({ kind = "subscribe", value = channels, opts = opts }, Mode)
 end
 
 --- With Redis, core.publish answers AWAIT: the coroutine waits (without
@@ -195,6 +200,111 @@ end
 
 --- sluice.stats(): gateway counters (channels, published, delivered, dropped_slow, connections, refused).
 _M.stats = core.stats
+
+--- sluice.kick(channel): ends every connection subscribed to it (on this node); returns how many.
+function _M.kick(channel)
+  if type(channel) ~= "string" or channel == "" then error("sluice.kick expects a channel name", 2) end
+  return core.kick(channel)
+end
+
+local LISTEN_KEYS = { last_event_id = true, timeout = true }
+
+--- sluice.listen(channels, opts): an iterator over the events published to the
+-- channels from now on (after opts.last_event_id, replayed first, if given):
+-- `for ev in sluice.listen("jobs") do ... end` in a handler, generator, raw
+-- callback or timer body. Each ev has data, id and event. With opts.timeout the
+-- loop ends after that many seconds without an event; break ends it too.
+function _M.listen(channels, opts)
+  channels = channel_list(channels, "sluice.listen", 2)
+  local timeout, last
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("sluice.listen: options must be a table", 2) end
+    event.check_keys(opts, LISTEN_KEYS, "sluice.listen", 2)
+    if opts.timeout ~= nil and not (seconds(opts.timeout)) then
+      error("sluice.listen: timeout must be a number of seconds", 2)
+    end
+    if opts.last_event_id ~= nil and type(opts.last_event_id) ~= "string" and type(opts.last_event_id) ~= "number" then
+      error("sluice.listen: last_event_id must be a string or a number", 2)
+    end
+    timeout = opts.timeout
+    last = opts.last_event_id and (type(opts.last_event_id) == "number" and number(opts.last_event_id) or opts.last_event_id)
+  end
+  local _, main = running()
+  if main or running() == nil then
+    error("sluice.listen works in a handler, generator, raw callback or timer body", 2)
+  end
+  local l = core.listen(channels, last)
+  local deadline
+  return function()
+    if timeout then deadline = core.now() + timeout end
+    while true do
+      local ev, err = core.listen_next(l)
+      if ev ~= AWAIT then
+        if ev == nil then
+          core.listen_close(l)
+          error("sluice.listen: " .. err, 2)
+        end
+        return ev
+      end
+      if deadline then
+        local left = deadline - core.now()
+        if left <= 0 then
+          core.listen_close(l)
+          return nil
+        end
+        yield(AWAIT, left)
+      else
+        yield(AWAIT)
+      end
+    end
+  end, l
+end
+
+-- ---------------------------------------------------------------- connections and reloads
+
+local FILTER_KEYS = { route = true, mode = true, channel = true }
+
+--- sluice.connections(filter): handles of the live raw, stream and subscribed
+-- connections, whichever state started them; filter = { route =, mode =, channel = }.
+function _M.connections(filter)
+  if filter ~= nil then
+    if type(filter) ~= "table" then error("sluice.connections expects a filter table", 2) end
+    event.check_keys(filter, FILTER_KEYS, "sluice.connections", 2)
+    for k, v in pairs(filter) do
+      if type(v) ~= "string" then error("sluice.connections: filter." .. k .. " must be a string", 2) end
+    end
+  end
+  return core.connections(filter)
+end
+
+--- sluice.conn(id): the handle of a live connection, or nil.
+function _M.conn(id)
+  if type(id) ~= "number" then error("sluice.conn expects a connection id", 2) end
+  return core.conn(id)
+end
+
+local reload_hook, previous, previous_loaded
+
+--- sluice.on_reload(fn): fn() runs in this state when a reload starts; what it
+-- returns (data only) is copied to the new state's sluice.previous_state().
+function _M.on_reload(fn)
+  if fn ~= nil and type(fn) ~= "function" then error("sluice.on_reload expects a function", 2) end
+  reload_hook = fn
+end
+
+--- Called by the core before the new script loads: (true, state) or nothing.
+function _M._reloading()
+  if not reload_hook then return end
+  return true, reload_hook()
+end
+
+--- sluice.previous_state(): what the previous state's on_reload gave (the same copy each call), or nil.
+function _M.previous_state()
+  if not previous_loaded then
+    previous, previous_loaded = core.previous_state(), true
+  end
+  return previous
+end
 
 -- ---------------------------------------------------------------- utilities
 
@@ -285,11 +395,17 @@ local function on_close(conn, fn)
   list[#list + 1] = fn
 end
 
---- Called by the core once a connection is gone: runs its on_close hooks.
+local datas = debug.getregistry()["sluice.data"] -- conn.data by connection id (the core's)
+
+--- Called by the core once a connection is gone, in every state that has a
+-- handle or data for it: runs its on_close hooks, then drops its data.
 -- They run outside any coroutine: nothing in them can wait.
-function _M._gone(conn)
-  local list = hooks[conn]
-  if not list then return end
+function _M._gone(conn, id)
+  local list = conn and hooks[conn]
+  if not list then
+    datas[id] = nil
+    return
+  end
   hooks[conn] = nil
   for i = 1, #list do
     local ok, err = xpcall(list[i], error_trace, conn)
@@ -301,6 +417,7 @@ function _M._gone(conn)
       core.log(0, "on_close hook: " .. err)
     end
   end
+  datas[id] = nil
 end
 
 local function send_opts(conn, data, opts)
@@ -325,6 +442,14 @@ function methods.comment(conn, text)
   return core.comment(conn, text)
 end
 function methods.close(conn) core.close(conn) end
+--- conn:subscribe(channels) / conn:unsubscribe(channels): changes a live
+-- subscription (added channels get live events from now on, no replay).
+function methods.subscribe(conn, channels)
+  return core.change(conn, channel_list(channels, "conn:subscribe", 2), true)
+end
+function methods.unsubscribe(conn, channels)
+  return core.change(conn, channel_list(channels, "conn:unsubscribe", 2), false)
+end
 function methods.on_close(conn, fn) on_close(conn, fn) end
 
 -- ---------------------------------------------------------------- the modes
@@ -368,10 +493,10 @@ local function send_value(conn, v)
   return c_send(conn, text)
 end
 
-local function start_stream(conn, req, opts, heartbeat, extra)
+local function start_stream(conn, req, opts, heartbeat, extra, mode)
   local headers = merge_headers(SSE_HEADERS, opts.headers)
   if extra then headers = merge_headers(headers, extra) end
-  local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat)
+  local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat, mode, req.route, req.params)
   if ok and opts.on_close then on_close(conn, opts.on_close) end
   if ok and req.method == "HEAD" then c_finish(conn); return nil end
   return ok
@@ -425,18 +550,21 @@ end
 local modes = {}
 
 function modes.once(conn, req, m, cors)
-  if not start_stream(conn, req, m.opts, 0, cors) then return end
+  if not start_stream(conn, req, m.opts, 0, cors, "once") then return end
   send_value(conn, m.value)
   c_finish(conn)
 end
 
 function modes.stream(conn, req, m, cors)
-  if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors) then return end
+  if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors, "stream") then return end
   run_stream(conn, m.value)
 end
 
 function modes.subscribe(conn, req, m, cors)
-  if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors) then return end
+  if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors, "subscribe") then return end
+  -- The snapshot goes out before any replayed or live event, in the same turn
+  -- of the loop as the subscription: nothing published in between is missed.
+  if m.opts.snapshot ~= nil and not send_value(conn, m.opts.snapshot) then return end
   if core.subscribe(conn, m.value, req.last_event_id) and not hooks[conn] then
     -- The hub alone serves it from now on: the script (and its state, after a reload) can let go.
     core.release(conn)
@@ -444,7 +572,7 @@ function modes.subscribe(conn, req, m, cors)
 end
 
 function modes.raw(conn, req, m, cors)
-  if not start_stream(conn, req, m.opts, m.opts.heartbeat or 0, cors) then return end
+  if not start_stream(conn, req, m.opts, m.opts.heartbeat or 0, cors, "raw") then return end
   m.value(conn)
 end
 
@@ -513,7 +641,7 @@ function _M._dispatch(conn, req)
     if params then return plain(conn, 405, "Method Not Allowed\n", merge_headers(cors or {}, { Allow = params })) end
     return plain(conn, 404, "Not Found\n", cors)
   end
-  req.params = params
+  req.params, req.route = params, route.pattern
   req.target, req.query_string = nil, nil
   -- Errors name the route and where its handler is: a misuse in a tail call
   -- (`return sluice.response("200")`) leaves no frame of the script behind.
