@@ -362,11 +362,14 @@ static void on_closed(uv_handle_t *h) {
   sl_conn *c = h->data;
   if (--c->pending_closes) return;
   sl_vm_conn_closed(c->srv, c);
+  /* Found by id until here, so close hooks can still read conn.data. */
+  sl_server_untrack(c->srv, c);
   for (unsigned i = 0; i < c->qlen; i++) sl_buf_unref(c->q[i]);
   free(c->q);
   free(c->in);
   sl_req_free(c->req);
   free(c->params);
+  free(c->data);
   free(c);
 }
 
@@ -379,7 +382,6 @@ void sl_conn_close(sl_conn *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
-  sl_server_untrack(srv, c);
   if (c->sub) {
     if (srv->redis) sl_redis_replay_cancel(srv->redis, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);

@@ -53,6 +53,8 @@ typedef struct sl_conn {
   const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
   char *params;              /* its route captures (lcopy bytes), NULL if none */
   uint32_t params_len;
+  char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
+  uint32_t data_len;
   uint8_t mode;              /* enum sl_conn_mode, once it streams */
   uint8_t state;
   uint8_t closing : 1, ending : 1, keepalive : 1, msg_done : 1, reading : 1, wrote : 1,

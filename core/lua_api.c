@@ -650,19 +650,59 @@ static int timer_active(lua_State *L) {
   return 1;
 }
 
-/* conn.data: the connection's table in this state (made on first use). */
-static void push_data(lua_State *L, sl_conn_ud *ud, int make) {
-  lua_getfield(L, LUA_REGISTRYINDEX, SL_DATA);
-  lua_pushnumber(L, (double)ud->id);
+/* conn.data: a proxy for the table the connection carries in C, which every
+ * Lua state sees the same: a field read gives a copy, a field write stores
+ * one, and calling it gives a copy of the whole table. */
+#define SL_DATA_MT "sluice.conn.data"
+
+/* Pushes the connection's data table (a fresh copy), or an empty one. */
+static void push_data_table(lua_State *L, sl_conn *c) {
+  if (!c || !c->data || sl_copy_load(L, c->data, c->data_len)) lua_newtable(L);
+}
+
+static int data_index(lua_State *L) {
+  sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
+  push_data_table(L, sl_server_conn(ud->srv, ud->id));
+  lua_pushvalue(L, 2);
   lua_rawget(L, -2);
-  if (lua_isnil(L, -1) && make) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushnumber(L, (double)ud->id);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, -4);
+  return 1;
+}
+
+static int data_newindex(lua_State *L) {
+  sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
+  sl_conn *c = sl_server_conn(ud->srv, ud->id);
+  if (!c) return luaL_error(L, "conn.data: the connection is gone");
+  int kt = lua_type(L, 2);
+  if (kt != LUA_TSTRING && kt != LUA_TNUMBER && kt != LUA_TBOOLEAN)
+    return luaL_error(L, "conn.data keys must be strings, numbers or booleans");
+  push_data_table(L, c);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  sl_sb sb;
+  char err[160];
+  sl_sb_init(&sb, 64);
+  if (sl_copy_dump(L, -1, &sb, err, sizeof err)) {
+    sl_sb_free(&sb);
+    return luaL_error(L, "conn.data cannot hold %s", err);
   }
-  lua_remove(L, -2);
+  char *copy = malloc(sb.b->len);
+  if (!copy) {
+    sl_sb_free(&sb);
+    return luaL_error(L, "out of memory");
+  }
+  memcpy(copy, sb.b->data, sb.b->len);
+  free(c->data);
+  c->data = copy;
+  c->data_len = (uint32_t)sb.b->len;
+  sl_sb_free(&sb);
+  return 0;
+}
+
+static int data_call(lua_State *L) {
+  sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
+  push_data_table(L, sl_server_conn(ud->srv, ud->id));
+  return 1;
 }
 
 /* The handle's fields: id, closed, data, route, params, mode, channels;
@@ -683,7 +723,10 @@ static int conn_index(lua_State *L) {
   }
   if (strcmp(k, "data") == 0) {
     /* A closed connection keeps its data until its close hooks have run. */
-    push_data(L, ud, conn_of(L, 1) != NULL);
+    sl_conn_ud *d = lua_newuserdata(L, sizeof *d);
+    *d = *ud;
+    luaL_getmetatable(L, SL_DATA_MT);
+    lua_setmetatable(L, -2);
     return 1;
   }
   if (strcmp(k, "route") == 0 || strcmp(k, "params") == 0 || strcmp(k, "mode") == 0 || strcmp(k, "channels") == 0) {
@@ -757,8 +800,14 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
-  lua_newtable(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, SL_DATA);
+  luaL_newmetatable(L, SL_DATA_MT);
+  lua_pushcfunction(L, data_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, data_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, data_call);
+  lua_setfield(L, -2, "__call");
+  lua_pop(L, 1);
 
   /* The connection handle's metatable; its methods are filled in by the Lua library. */
   lua_newtable(L); /* methods */

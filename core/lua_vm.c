@@ -146,8 +146,6 @@ fail:
   return NULL;
 }
 
-static void hand_data(sl_vm *old, sl_vm *vm);
-
 void sl_vm_activate(sl_vm *vm) {
   sl_server *srv = vm->srv;
   sl_vm *old = srv->vm;
@@ -160,7 +158,6 @@ void sl_vm_activate(sl_vm *vm) {
   if (!old || old == vm) return;
   if (strcmp(old->cfg.redis, vm->cfg.redis) != 0)
     sl_warn("redis: the engine is chosen at start-up: restart to use '%s'", vm->cfg.redis[0] ? vm->cfg.redis : "none");
-  hand_data(old, vm);
   /* Pending timers stop (the new script starts its own); bodies already
    * running finish in the old state, as streams do. */
   unsigned stopped = 0, running = 0;
@@ -176,34 +173,6 @@ void sl_vm_activate(sl_vm *vm) {
   old->next_retired = srv->retired;
   srv->retired = old;
   sl_vm_maybe_close(old);
-}
-
-/* Copies each live connection's conn.data from the old state into the new one. */
-static void hand_data(sl_vm *old, sl_vm *vm) {
-  lua_State *from = old->L, *to = vm->L;
-  lua_getfield(from, LUA_REGISTRYINDEX, SL_DATA);
-  lua_getfield(to, LUA_REGISTRYINDEX, SL_DATA);
-  lua_pushnil(from);
-  while (lua_next(from, -2)) {
-    uint64_t id = (uint64_t)lua_tonumber(from, -2);
-    sl_conn *c = sl_server_conn(vm->srv, id);
-    if (c && !c->closing) {
-      sl_sb sb;
-      char err[128];
-      sl_sb_init(&sb, 128);
-      if (sl_copy_dump(from, -1, &sb, err, sizeof err) == 0) {
-        lua_pushnumber(to, (double)id);
-        if (sl_copy_load(to, sb.b->data, sb.b->len) == 0) lua_rawset(to, -3);
-        else lua_pop(to, 1);
-      } else {
-        sl_warn("reload: the data of connection %llu stays behind: %s", (unsigned long long)id, err);
-      }
-      sl_sb_free(&sb);
-    }
-    lua_pop(from, 1);
-  }
-  lua_pop(from, 1);
-  lua_pop(to, 1);
 }
 
 sl_buf *sl_vm_handover(sl_vm *vm) {
@@ -358,22 +327,18 @@ void sl_vm_conn_release(sl_vm *vm, sl_conn *c) {
   sl_vm_maybe_close(vm);
 }
 
-/* Whether vm has a handle or data for connection id (it then has hooks to run or data to drop). */
+/* Whether vm has a handle for connection id (it may have close hooks for it). */
 static int knows(sl_vm *vm, uint64_t id) {
   lua_State *L = vm->L;
-  int found = 0;
-  const char *tables[] = {SL_HANDLES, SL_DATA};
-  for (int i = 0; i < 2 && !found; i++) {
-    lua_getfield(L, LUA_REGISTRYINDEX, tables[i]);
-    lua_pushnumber(L, (double)id);
-    lua_rawget(L, -2);
-    found = !lua_isnil(L, -1);
-    lua_pop(L, 2);
-  }
+  lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
+  lua_pushnumber(L, (double)id);
+  lua_rawget(L, -2);
+  int found = !lua_isnil(L, -1);
+  lua_pop(L, 2);
   return found;
 }
 
-/* Runs the state's _gone(handle or nil, id): close hooks, then its data is dropped. */
+/* Runs the state's _gone(handle or nil, id): its close hooks for the connection. */
 static void gone_in(sl_vm *vm, sl_conn *c) {
   lua_State *L = vm->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);

@@ -35,10 +35,8 @@ typedef struct sl_conn_ud {
   uint64_t id;
 } sl_conn_ud;
 
-/* Registry tables of every state: handles by connection id (weak values), and
- * each connection's conn.data by id. */
+/* The registry table of every state that holds its handles by connection id (weak values). */
 #define SL_HANDLES "sluice.handles"
-#define SL_DATA "sluice.data"
 
 /* Loads script into a new state, which takes handover (sluice.previous_state;
  * may be NULL). NULL on failure with err filled (file:line first). */
@@ -62,8 +60,8 @@ void sl_vm_push_conn(sl_vm *vm, lua_State *L, struct sl_conn *c);
  * serves alone, a keep-alive connection between requests): its handle may go,
  * and the connection no longer keeps the state alive. */
 void sl_vm_conn_release(sl_vm *vm, struct sl_conn *c);
-/* The connection is gone: every state that has a handle or data for it runs
- * its close hooks and drops its data; the holding state is released. */
+/* The connection is gone: every state that has a handle for it runs its close
+ * hooks; the holding state is released. */
 void sl_vm_conn_closed(struct sl_server *srv, struct sl_conn *c);
 /* Calls the function under nargs arguments on L's top, protected; logs the error and
  * its traceback under what. Leaves nothing on the stack. 0 or -1. */

@@ -395,17 +395,12 @@ local function on_close(conn, fn)
   list[#list + 1] = fn
 end
 
-local datas = debug.getregistry()["sluice.data"] -- conn.data by connection id (the core's)
-
 --- Called by the core once a connection is gone, in every state that has a
--- handle or data for it: runs its on_close hooks, then drops its data.
--- They run outside any coroutine: nothing in them can wait.
-function _M._gone(conn, id)
+-- handle for it: runs its on_close hooks. They run outside any coroutine:
+-- nothing in them can wait.
+function _M._gone(conn)
   local list = conn and hooks[conn]
-  if not list then
-    datas[id] = nil
-    return
-  end
+  if not list then return end
   hooks[conn] = nil
   for i = 1, #list do
     local ok, err = xpcall(list[i], error_trace, conn)
@@ -417,7 +412,6 @@ function _M._gone(conn, id)
       core.log(0, "on_close hook: " .. err)
     end
   end
-  datas[id] = nil
 end
 
 local function send_opts(conn, data, opts)
