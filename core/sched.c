@@ -147,7 +147,8 @@ static void on_poked(uv_timer_t *timer) {
   sl_task *t = timer->data;
   if (!t->awaiting || t->running) return;
   t->awaiting = 0;
-  t->await_slot = NULL;
+  /* The slot stays: a listener keeps pointing at its reader until the reader
+   * ends or waits on something else. */
   sl_task_resume(t, 0);
 }
 
@@ -160,6 +161,8 @@ void sl_task_poke(sl_task *t) {
 sl_task *sl_task_current(sl_vm *vm, void **slot) {
   sl_task *t = vm->current;
   if (!t || t->ended || t->cancelled) return NULL;
+  /* One slot at a time points at a task: the one it waited on before lets go. */
+  if (t->await_slot && t->await_slot != slot) *t->await_slot = NULL;
   t->await_slot = slot;
   *slot = t;
   return t;

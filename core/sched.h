@@ -55,8 +55,8 @@ sl_task *sl_task_new(struct sl_vm *vm, struct sl_conn *c);
 void sl_task_resume(sl_task *t, int nargs);
 /* The task whose coroutine is running now, if any. A C function that starts
  * something asynchronous for it stores the task in *slot (cleared if the task
- * ends first) and has the coroutine yield the await tag; sl_task_wake then
- * resumes it with the results. */
+ * ends first, or registers another slot) and has the coroutine yield the await
+ * tag; sl_task_wake (or sl_task_poke) then resumes it. */
 sl_task *sl_task_current(struct sl_vm *vm, void **slot);
 /* Resumes an awaiting task with the nargs values pushed on t->co; a task that
  * is not awaiting (it was not yielded to the scheduler) just drops them. */
