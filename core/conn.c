@@ -368,7 +368,6 @@ static void on_closed(uv_handle_t *h) {
   free(c->q);
   free(c->in);
   sl_req_free(c->req);
-  free(c->params);
   free(c->data);
   free(c);
 }

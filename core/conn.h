@@ -51,8 +51,6 @@ typedef struct sl_conn {
   sl_hub_sub *sub;           /* its subscription, if it subscribed */
   int ud_ref;                /* registry ref of the Lua handle in c->vm, LUA_NOREF if none */
   const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
-  char *params;              /* its route captures (lcopy bytes), NULL if none */
-  uint32_t params_len;
   char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
   uint32_t data_len;
   uint8_t mode;              /* enum sl_conn_mode, once it streams */

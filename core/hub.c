@@ -179,45 +179,49 @@ void sl_hub_event_unref(sl_hub_event *e) { event_unref(e); }
 
 /* Makes room for one more held event, moving the pending ones to the front. 0 or -ENOMEM. */
 static int held_room(sl_hub_sub *s) {
-  if (s->pos && s->pos == s->nheld) {
-    s->nheld = s->pos = s->replay_end = 0;
-  } else if (s->pos > s->nheld / 2) {
-    memmove(s->held, s->held + s->pos, (s->nheld - s->pos) * sizeof *s->held);
-    s->nheld -= s->pos;
-    s->replay_end = s->replay_end > s->pos ? s->replay_end - s->pos : 0;
-    s->pos = 0;
+  if (!s->h && !(s->h = calloc(1, sizeof *s->h))) return -ENOMEM;
+  sl_hub_held *h = s->h;
+  if (h->pos && h->pos == h->n) {
+    h->n = h->pos = h->replay_end = 0;
+  } else if (h->pos > h->n / 2) {
+    memmove(h->ev, h->ev + h->pos, (h->n - h->pos) * sizeof *h->ev);
+    h->n -= h->pos;
+    h->replay_end = h->replay_end > h->pos ? h->replay_end - h->pos : 0;
+    h->pos = 0;
   }
-  if (s->nheld < s->capheld) return 0;
-  unsigned cap = s->capheld ? s->capheld * 2 : 8;
-  sl_hub_event **h = realloc(s->held, cap * sizeof *h);
-  if (!h) return -ENOMEM;
-  s->held = h;
-  s->capheld = cap;
+  if (h->n < h->cap) return 0;
+  unsigned cap = h->cap ? h->cap * 2 : 8;
+  sl_hub_event **ev = realloc(h->ev, cap * sizeof *ev);
+  if (!ev) return -ENOMEM;
+  h->ev = ev;
+  h->cap = cap;
   return 0;
 }
 
 static void drop_held(sl_hub_sub *s) {
-  for (unsigned i = s->pos; i < s->nheld; i++) event_unref(s->held[i]);
-  free(s->held);
-  s->held = NULL;
-  s->nheld = s->capheld = s->pos = s->replay_end = 0;
-  s->held_bytes = 0;
+  sl_hub_held *h = s->h;
+  if (!h) return;
+  for (unsigned i = h->pos; i < h->n; i++) event_unref(h->ev[i]);
+  free(h->ev);
+  free(h);
+  s->h = NULL;
 }
 
 /* Holds e for a subscriber whose replay is under way; past hold_limit it is
  * marked to be dropped as a slow consumer, and what it held is let go. */
 static void hold(sl_hub *hub, sl_hub_sub *s, sl_hub_event *e) {
   if (s->holding != 1) return;
-  if (s->nheld > s->pos && s->held[s->nheld - 1] == e) return; /* the same event via a second channel */
+  if (s->h && s->h->n > s->h->pos && s->h->ev[s->h->n - 1] == e) return; /* the same event via a second channel */
   if (held_room(s)) {
     s->holding = 2;
     drop_held(s);
     return;
   }
-  s->held[s->nheld++] = e;
+  sl_hub_held *h = s->h;
+  h->ev[h->n++] = e;
   e->refs++;
-  s->held_bytes += e->frame->len;
-  if (hub->hold_limit && s->held_bytes > hub->hold_limit) {
+  h->bytes += e->frame->len;
+  if (hub->hold_limit && h->bytes > hub->hold_limit) {
     s->holding = 2;
     drop_held(s);
   }
@@ -365,11 +369,11 @@ int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub) {
     return -ENOBUFS;
   }
   sub->paused = 0;
-  while (sub->pos < sub->nheld) {
-    unsigned i = sub->pos++;
-    sl_hub_event *e = sub->held[i];
-    int from_replay = i < sub->replay_end;
-    if (!from_replay) sub->held_bytes -= e->frame->len;
+  for (sl_hub_held *h; (h = sub->h) != NULL && h->pos < h->n;) {
+    unsigned i = h->pos++;
+    sl_hub_event *e = h->ev[i];
+    int from_replay = i < h->replay_end;
+    if (!from_replay) h->bytes -= e->frame->len;
     if (e->seq <= sub->last_seq) { /* given already (a held event the replay had too) */
       event_unref(e);
       continue;
@@ -387,7 +391,7 @@ int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub) {
       return -EPIPE;
     }
     hub->delivered++;
-    if (r > 0 && sub->pos < sub->nheld) {
+    if (r > 0 && h->pos < h->n) {
       sub->paused = 1;
       return 1;
     }
@@ -399,21 +403,22 @@ int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub) {
 
 /* Puts the n replay events (references taken) in front of what sub holds. 0 or -ENOMEM. */
 static int queue_replay(sl_hub_sub *sub, sl_hub_event **es, int n) {
-  unsigned pending = sub->nheld - sub->pos;
+  if (!sub->h && !(sub->h = calloc(1, sizeof *sub->h))) return -ENOMEM;
+  sl_hub_held *h = sub->h;
+  unsigned pending = h->n - h->pos;
   size_t cap = (size_t)n + pending;
-  sl_hub_event **h = malloc((cap ? cap : 1) * sizeof *h);
-  if (!h) return -ENOMEM;
+  sl_hub_event **ev = malloc((cap ? cap : 1) * sizeof *ev);
+  if (!ev) return -ENOMEM;
   for (int i = 0; i < n; i++) {
     es[i]->refs++;
-    h[i] = es[i];
+    ev[i] = es[i];
   }
-  if (pending) memcpy(h + n, sub->held + sub->pos, pending * sizeof *h);
-  free(sub->held);
-  sub->held = h;
-  sub->capheld = (unsigned)cap;
-  sub->nheld = (unsigned)cap;
-  sub->pos = 0;
-  sub->replay_end = (unsigned)n;
+  if (pending) memcpy(ev + n, h->ev + h->pos, pending * sizeof *ev);
+  free(h->ev);
+  h->ev = ev;
+  h->cap = h->n = (unsigned)cap;
+  h->pos = 0;
+  h->replay_end = (unsigned)n;
   return 0;
 }
 

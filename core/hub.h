@@ -26,6 +26,16 @@ typedef struct sl_hub_link {
   struct sl_hub_link *prev, *next;
 } sl_hub_link;
 
+/* Events still to give a subscriber, in order: its replay, then the live
+ * events that arrived while the replay was fetched (Redis) or paused for queue
+ * room. ev[pos..n) are pending; the first replay_end entries are the replay.
+ * Allocated only while a subscriber replays, so an idle one does not pay for it. */
+typedef struct sl_hub_held {
+  struct sl_hub_event **ev;
+  unsigned n, cap, pos, replay_end;
+  size_t bytes;       /* bytes of live events held */
+} sl_hub_held;
+
 /* A subscriber: deliver() queues a frame for it and returns 0, or 1 when its
  * queue is now above its high-water mark (a replay pauses there); -ENOBUFS
  * when it could not take it (a slow consumer, now disconnected) or another
@@ -37,13 +47,9 @@ typedef struct sl_hub_sub {
   uint64_t last_seq; /* the newest event it was given: nothing is given twice */
   sl_hub_link *links;
   unsigned nlinks;
-  /* Events still to give it, in order: its replay, then the live events that
-   * arrived while the replay was fetched (Redis) or paused for queue room.
-   * held[pos..nheld) are pending; the first replay_end entries are the replay. */
-  struct sl_hub_event **held;
-  unsigned nheld, capheld, pos, replay_end;
+  /* While replaying or waiting for a replay: what is still to give it. */
+  struct sl_hub_held *h;
   unsigned replayed;  /* replay events given so far */
-  size_t held_bytes;  /* bytes of live events held */
   uint8_t holding;    /* 1 holding; 2 held more than hold_limit: dropped as slow */
   uint8_t paused;     /* its queue filled during the replay: sl_hub_pump once it drains */
   void *pending;      /* the engine's replay request for it, if one is under way */

@@ -139,29 +139,18 @@ static long long opt_retry(lua_State *L, int idx, long long dflt) {
   return (long long)n;
 }
 
-/* Remembers what the connection streams for (mode, route pattern, its
- * captures), for sluice.connections and the handle's fields in any state. */
+/* Remembers what the connection streams for (mode, route pattern), for
+ * sluice.connections and the handle's fields in any state. Its captures are
+ * found again from the pattern and the target (kept for the access log) when
+ * asked for: nothing more to keep per connection. */
 static void note_route(lua_State *L, sl_conn *c, int idx) {
   static const char *const modes[] = {"none", "once", "stream", "subscribe", "raw", NULL};
   c->mode = (uint8_t)luaL_checkoption(L, idx, "none", modes);
   if (lua_isstring(L, idx + 1)) c->route = sl_server_intern(c->srv, lua_tostring(L, idx + 1));
-  if (lua_istable(L, idx + 2) && !c->params) {
-    lua_pushnil(L);
-    int empty = !lua_next(L, idx + 2);
-    if (!empty) lua_pop(L, 2);
-    sl_sb sb;
-    char err[128];
-    sl_sb_init(&sb, 64);
-    if (!empty && sl_copy_dump(L, idx + 2, &sb, err, sizeof err) == 0 && (c->params = malloc(sb.b->len)) != NULL) {
-      memcpy(c->params, sb.b->data, sb.b->len);
-      c->params_len = (uint32_t)sb.b->len;
-    }
-    sl_sb_free(&sb);
-  }
 }
 
-/* start(conn, status, headers, retry, heartbeat, mode, route, params): the head
- * of an event stream or raw response. */
+/* start(conn, status, headers, retry, heartbeat, mode, route): the head of an
+ * event stream or raw response. */
 static int api_start(lua_State *L) {
   sl_vm *vm = vm_of(L);
   check_ud(L, 1);
@@ -735,7 +724,17 @@ static int conn_index(lua_State *L) {
       if (c->route) lua_pushstring(L, c->route);
       else lua_pushnil(L);
     } else if (k[0] == 'p') {
-      if (!c->params || sl_copy_load(L, c->params, c->params_len)) lua_newtable(L);
+      /* methods.__captures(pattern, target), from the Lua library's router */
+      lua_getfield(L, lua_upvalueindex(2), "__captures");
+      if (c->route && c->req && lua_isfunction(L, -1)) {
+        lua_pushstring(L, c->route);
+        lua_pushlstring(L, c->req->head, c->req->url_len);
+        lua_call(L, 2, 1);
+      }
+      if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+      }
     } else if (k[0] == 'm') {
       lua_pushstring(L, modes[c->mode]);
     } else {

@@ -267,38 +267,44 @@ static void push_request(lua_State *L, sl_conn *c) {
   lua_setfield(L, -2, "http_version");
 }
 
+static void new_handle(sl_vm *vm, lua_State *L, sl_conn *c) {
+  sl_conn_ud *ud = lua_newuserdata(L, sizeof *ud);
+  ud->srv = vm->srv;
+  ud->id = c->id;
+  luaL_getmetatable(L, SL_CONN_MT);
+  lua_setmetatable(L, -2);
+}
+
 void sl_vm_push_conn(sl_vm *vm, lua_State *L, sl_conn *c) {
   if (c->vm == vm && c->ud_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
     return;
   }
-  /* One handle per connection and state while anything holds it (a weak table),
-   * so a connection is the same key in the script's tables every time. */
+  /* The state that holds the connection keeps its handle by reference (the
+   * common case: no table to grow per connection). */
+  if (!c->vm || c->vm == vm) {
+    new_handle(vm, L, c);
+    if (!c->vm) {
+      c->vm = vm;
+      vm->users++;
+    }
+    lua_pushvalue(L, -1);
+    c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return;
+  }
+  /* Other states keep one handle per connection while anything holds it (a
+   * weak table), so a connection is the same key in their tables every time. */
   lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
   lua_pushnumber(L, (double)c->id);
   lua_rawget(L, -2);
   if (!lua_isuserdata(L, -1)) {
     lua_pop(L, 1);
-    sl_conn_ud *ud = lua_newuserdata(L, sizeof *ud);
-    ud->srv = vm->srv;
-    ud->id = c->id;
-    luaL_getmetatable(L, SL_CONN_MT);
-    lua_setmetatable(L, -2);
+    new_handle(vm, L, c);
     lua_pushnumber(L, (double)c->id);
     lua_pushvalue(L, -2);
     lua_rawset(L, -4);
   }
   lua_remove(L, -2);
-  /* The first state to take it (a request's, or a reload's for a connection no
-   * state holds) holds the connection: its state lives while the connection does. */
-  if (!c->vm) {
-    c->vm = vm;
-    vm->users++;
-  }
-  if (c->vm == vm) {
-    lua_pushvalue(L, -1);
-    c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
 }
 
 void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
@@ -338,21 +344,24 @@ static int knows(sl_vm *vm, uint64_t id) {
   return found;
 }
 
-/* Runs the state's _gone(handle or nil, id): its close hooks for the connection. */
+/* Runs the state's _gone(handle): its close hooks for the connection. */
 static void gone_in(sl_vm *vm, sl_conn *c) {
   lua_State *L = vm->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, vm->gone_ref);
-  lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
-  lua_pushnumber(L, (double)c->id);
-  lua_rawget(L, -2);
-  lua_remove(L, -2);
-  lua_pushnumber(L, (double)c->id);
-  sl_vm_pcall(L, 2, "on_close hook");
+  if (c->vm == vm) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
+  } else {
+    lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
+    lua_pushnumber(L, (double)c->id);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+  }
+  sl_vm_pcall(L, 1, "on_close hook");
 }
 
 void sl_vm_conn_closed(sl_server *srv, sl_conn *c) {
   sl_vm *owner = c->vm;
-  if (owner) gone_in(owner, c);
+  if (owner && c->ud_ref != LUA_NOREF) gone_in(owner, c);
   if (srv->vm && srv->vm != owner && knows(srv->vm, c->id)) gone_in(srv->vm, c);
   for (sl_vm *v = srv->retired; v; v = v->next_retired)
     if (v != owner && knows(v, c->id)) gone_in(v, c);

@@ -436,6 +436,7 @@ function methods.comment(conn, text)
   return core.comment(conn, text)
 end
 function methods.close(conn) core.close(conn) end
+methods.__captures = router.captures -- conn.params, from the route pattern and the target
 --- conn:subscribe(channels) / conn:unsubscribe(channels): changes a live
 -- subscription (added channels get live events from now on, no replay).
 function methods.subscribe(conn, channels)
@@ -490,7 +491,7 @@ end
 local function start_stream(conn, req, opts, heartbeat, extra, mode)
   local headers = merge_headers(SSE_HEADERS, opts.headers)
   if extra then headers = merge_headers(headers, extra) end
-  local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat, mode, req.route, req.params)
+  local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat, mode, req.route)
   if ok and opts.on_close then on_close(conn, opts.on_close) end
   if ok and req.method == "HEAD" then c_finish(conn); return nil end
   return ok
@@ -601,8 +602,6 @@ local function plain(conn, st, text, headers)
   c_respond(conn, st, text, headers)
 end
 
-local function serve(conn, req, route, cors) return deliver(conn, req, route.handler(req), cors) end
-
 --- Called by the core in a new coroutine for each request.
 function _M._dispatch(conn, req)
   local segs, path = router.split(req.target)
@@ -639,11 +638,14 @@ function _M._dispatch(conn, req)
   req.target, req.query_string = nil, nil
   -- Errors name the route and where its handler is: a misuse in a tail call
   -- (`return sluice.response("200")`) leaves no frame of the script behind.
-  local ok, err = xpcall(serve, error_trace, conn, req, route, cors)
+  -- Only the handler runs under xpcall: a stream's long life (deliver) then
+  -- keeps a shallow coroutine stack, and its errors carry the script's frames.
+  local ok, res = xpcall(route.handler, error_trace, req)
   if not ok then
-    core.log(0, "handler error in route " .. route.label .. ": " .. err)
-    core.fail(conn)
+    core.log(0, "handler error in route " .. route.label .. ": " .. res)
+    return core.fail(conn)
   end
+  return deliver(conn, req, res, cors)
 end
 
 return _M

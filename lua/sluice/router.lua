@@ -130,6 +130,20 @@ local function match_segs(rsegs, segs)
   return params or {}
 end
 
+local compiled = {} -- pattern -> its compiled segments (patterns are few)
+
+--- The captures of a route pattern in a request target (as routing gave them), or nil.
+function _M.captures(pattern, target)
+  local segs = _M.split((target:match("^[^?]*")))
+  if not segs then return nil end
+  local rsegs = compiled[pattern]
+  if not rsegs then
+    rsegs = compile(pattern, 1)
+    compiled[pattern] = rsegs
+  end
+  return match_segs(rsegs, segs)
+end
+
 --- Finds the first route for method and path segments.
 -- Returns route, params; or nil, allow (a comma list of methods the path has,
 -- nil when no route matches the path at all).
