@@ -280,20 +280,18 @@ void sl_vm_push_conn(sl_vm *vm, lua_State *L, sl_conn *c) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
     return;
   }
-  /* The state that holds the connection keeps its handle by reference (the
-   * common case: no table to grow per connection). */
-  if (!c->vm || c->vm == vm) {
+  /* The state that holds the connection (its request's) keeps its handle by
+   * reference: the common case, with no table to grow per connection. */
+  if (c->vm == vm) {
     new_handle(vm, L, c);
-    if (!c->vm) {
-      c->vm = vm;
-      vm->users++;
-    }
     lua_pushvalue(L, -1);
     c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return;
   }
-  /* Other states keep one handle per connection while anything holds it (a
-   * weak table), so a connection is the same key in their tables every time. */
+  /* Other states (a later load listing connections) keep one handle per
+   * connection while anything holds it (a weak table), so a connection is the
+   * same key in their tables every time; they do not hold the connection, so a
+   * subscription the hub serves alone never keeps a state alive. */
   lua_getfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
   lua_pushnumber(L, (double)c->id);
   lua_rawget(L, -2);
