@@ -30,3 +30,5 @@ stop_gateway() { kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # CPU seconds (user+system) used so far by a pid
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"; }
+# write(2)/writev(2) calls the process has made (syscw of /proc/PID/io).
+writes() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }

@@ -16,6 +16,7 @@
 #include "redis.h"
 #include "sched.h"
 #include "server.h"
+#include "sse.h"
 
 #define SL_MAX_IOV 64
 #define SL_MAX_PENDING_IN (4u << 20)
@@ -111,6 +112,7 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
 
 static void flush(sl_conn *c);
 static void pump(sl_conn *c);
+static void after_write(sl_conn *c);
 
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
@@ -128,6 +130,12 @@ static void on_written(uv_write_t *req, int status) {
     return;
   }
   if (c->qlen) flush(c);
+  after_write(c);
+}
+
+/* What a write that went out allows: an ended connection with nothing left
+ * closes; below the high-water mark a waiting generator or a paused replay goes on. */
+static void after_write(sl_conn *c) {
   if (c->closing) return;
   if (!c->qlen && c->ending) {
     sl_conn_close(c);
@@ -136,6 +144,45 @@ static void on_written(uv_write_t *req, int status) {
   if (c->queued >= c->hwm) return;
   if (c->task && c->task->waiting) sl_task_drained(c->task);
   else if (c->sub && c->sub->paused) pump(c);
+}
+
+/* Published events are coalesced (sl_conn_queue): what the hub queues for a
+ * connection during one turn of the loop goes out in one writev just before
+ * the loop waits again (the server's prepare handle calls sl_conn_flush_all).
+ * A connection already over its high-water mark is written at once, so a burst
+ * never waits in user space. Everything else (heads, a stream's own events,
+ * raw writes) is made for one connection and goes out at once: held to the end
+ * of a turn, such buffers of many new connections would be freed as holes
+ * between long-lived allocations. */
+static void mark_dirty(sl_conn *c) {
+  sl_server *srv = c->srv;
+  if (c->dirty) return;
+  if (srv->ndirty == srv->capdirty) {
+    size_t cap = srv->capdirty ? srv->capdirty * 2 : 256;
+    sl_conn **d = realloc(srv->dirty, cap * sizeof *d);
+    if (!d) {
+      flush(c);
+      return;
+    }
+    srv->dirty = d;
+    srv->capdirty = cap;
+  }
+  srv->dirty[srv->ndirty++] = c;
+  c->dirty = (uint32_t)srv->ndirty;
+}
+
+void sl_conn_flush_all(sl_server *srv) {
+  /* Resuming a generator below may queue more (and mark more connections): the
+   * count is read again each time, so they go out in this same pass. */
+  for (size_t i = 0; i < srv->ndirty; i++) {
+    sl_conn *c = srv->dirty[i];
+    if (!c) continue;
+    c->dirty = 0;
+    if (c->closing || c->inflight) continue;
+    if (c->qlen) flush(c);
+    after_write(c);
+  }
+  srv->ndirty = 0;
 }
 
 /* The first n queued buffers as iovecs (the first one from its offset); returns their bytes. */
@@ -190,9 +237,15 @@ static void flush(sl_conn *c) {
   }
 }
 
-int sl_conn_write(sl_conn *c, sl_buf *b) {
+static int enqueue(sl_conn *c, sl_buf *b, int coalesce) {
   if (c->closing || c->ending) return -EPIPE;
-  if (c->queued > 0 && c->queued + b->len > c->srv->cfg.queue_limit) {
+  size_t limit = c->srv->cfg.queue_limit;
+  /* What waits only for the end of the turn goes out first: the limit is for a client that does not read. */
+  if (c->queued > 0 && c->queued + b->len > limit && !c->inflight) {
+    flush(c);
+    if (c->closing) return -EPIPE;
+  }
+  if (c->queued > 0 && c->queued + b->len > limit) {
     sl_warn("conn %llu: closed as a slow consumer (%zu bytes queued)", (unsigned long long)c->id, c->queued);
     sl_conn_close(c);
     return -ENOBUFS;
@@ -208,9 +261,15 @@ int sl_conn_write(sl_conn *c, sl_buf *b) {
   c->queued += b->len;
   c->bytes_sent += b->len;
   c->wrote = 1;
-  if (!c->inflight) flush(c);
+  if (!c->inflight) {
+    if (!coalesce || c->queued >= c->hwm) flush(c);
+    else mark_dirty(c);
+  }
   return c->closing ? -EPIPE : 0;
 }
+
+int sl_conn_write(sl_conn *c, sl_buf *b) { return enqueue(c, b, 0); }
+int sl_conn_queue(sl_conn *c, sl_buf *b) { return enqueue(c, b, 1); }
 
 int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len) {
   if (c->closing || c->ending) return -EPIPE;
@@ -233,7 +292,7 @@ int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, si
   return r;
 }
 
-int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat) {
+int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat, long long retry) {
   if (c->closing || c->ending) return -EPIPE;
   if (c->state != SL_CS_BUSY) return -EALREADY;
   sl_sb sb;
@@ -242,6 +301,7 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
   if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
   /* The body runs until the connection closes: no length, no chunking. */
   sl_sb_adds(&sb, "Connection: close\r\n\r\n");
+  if (retry >= 0) sl_sse_retry(&sb, retry);
   sl_buf *b = sl_sb_finish(&sb);
   if (!b) return -ENOMEM;
   c->state = SL_CS_STREAM;
@@ -281,7 +341,7 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
  * replay pauses there); a connection that cannot queue is closed as slow. */
 static int sub_deliver(sl_hub_sub *s, sl_buf *frame) {
   sl_conn *c = s->data;
-  int r = sl_conn_write(c, frame);
+  int r = sl_conn_queue(c, frame);
   if (r == -ENOMEM) {
     sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
     sl_conn_close(c);
@@ -381,6 +441,10 @@ void sl_conn_close(sl_conn *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
+  if (c->dirty) { /* it will not be flushed: its slot is left empty */
+    srv->dirty[c->dirty - 1] = NULL;
+    c->dirty = 0;
+  }
   if (c->sub) {
     if (srv->redis) sl_redis_replay_cancel(srv->redis, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);

@@ -54,6 +54,7 @@ typedef struct sl_conn {
   char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
   uint32_t data_len;
   uint8_t mode;              /* enum sl_conn_mode, once it streams */
+  uint32_t dirty;            /* its place (+1) in the server's list of connections to flush, 0 if none */
   uint8_t state;
   uint8_t closing : 1, ending : 1, keepalive : 1, msg_done : 1, reading : 1, wrote : 1,
       processing : 1, is_head : 1;
@@ -67,10 +68,14 @@ void sl_conn_accept(struct sl_server *srv, uv_stream_t *listener);
 /* Queues b (taking a reference of its own). 0, -EPIPE if the connection is closing,
  * or -ENOBUFS if it would pass queue_limit (the connection is then closed as slow). */
 int sl_conn_write(sl_conn *c, sl_buf *b);
+/* The same, but written with whatever else is queued for it this turn of the
+ * loop (one writev at the end of the turn): for published events. */
+int sl_conn_queue(sl_conn *c, sl_buf *b);
 /* Queues a plain response with Content-Length; the request is done. */
 int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len);
-/* Sends an event-stream (or raw) response head; starts heartbeats if heartbeat > 0. */
-int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat);
+/* Sends an event-stream (or raw) response head, with a retry: line when retry
+ * >= 0; starts heartbeats if heartbeat > 0. */
+int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat, long long retry);
 /* Subscribes the connection (already streaming) to n channels, replaying after last_id.
  * Returns the number of events replayed, or a negative errno (-EPIPE: it was closed). */
 int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen);
@@ -80,6 +85,8 @@ int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add);
 /* Ends every connection subscribed to the channel (once what is queued is
  * written); returns how many, or -ENOMEM. */
 int sl_conn_kick(struct sl_server *srv, const char *name, size_t len);
+/* Writes out what was queued during this turn of the loop (see mark_dirty). */
+void sl_conn_flush_all(struct sl_server *srv);
 /* Closes once everything queued is written. */
 void sl_conn_end(sl_conn *c);
 /* The one close path: stops everything, cancels the task; memory goes in the close callbacks. */

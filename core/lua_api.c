@@ -160,17 +160,10 @@ static int api_start(lua_State *L) {
   sl_sb sb;
   add_headers(L, 3, &sb);
   sl_conn *c = live_conn(L, 1);
-  int r = c ? sl_conn_start_stream(c, status, &sb, heartbeat) : -EPIPE;
+  int r = c ? sl_conn_start_stream(c, status, &sb, heartbeat, retry) : -EPIPE;
   sl_sb_free(&sb);
   if (r == 0) note_route(L, c, 6);
   if (r == -EALREADY) return luaL_error(L, "the response was already sent");
-  if (r == 0 && retry >= 0) {
-    sl_sb_init(&sb, 32);
-    sl_sse_retry(&sb, retry);
-    sl_buf *b = sl_sb_finish(&sb);
-    if (b) r = sl_conn_write(c, b);
-    sl_buf_unref(b);
-  }
   return c ? write_result(L, c, r) : fail(L, "closed");
 }
 
@@ -799,13 +792,10 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
+  static const luaL_Reg data_mt[] = {
+      {"__index", data_index}, {"__newindex", data_newindex}, {"__call", data_call}, {NULL, NULL}};
   luaL_newmetatable(L, SL_DATA_MT);
-  lua_pushcfunction(L, data_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, data_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, data_call);
-  lua_setfield(L, -2, "__call");
+  luaL_setfuncs(L, data_mt, 0);
   lua_pop(L, 1);
 
   /* The connection handle's metatable; its methods are filled in by the Lua library. */

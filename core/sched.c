@@ -23,15 +23,12 @@ void sl_sched_open(sl_vm *vm, lua_State *L) {
   static const char *const names[SL_NTAGS] = {"sluice.SLEEP", "sluice.WAIT", "sluice.AWAIT"};
   for (int i = 0; i < SL_NTAGS; i++) {
     vm->tags[i] = lua_newuserdata(L, 1);
+    static const luaL_Reg misuse[] = {
+        {"__tostring", tag_misused}, {"__concat", tag_misused}, {"__index", tag_misused}, {NULL, NULL}};
     lua_createtable(L, 0, 4);
     lua_pushstring(L, names[i]);
     lua_setfield(L, -2, "__name");
-    lua_pushcfunction(L, tag_misused);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, tag_misused);
-    lua_setfield(L, -2, "__concat");
-    lua_pushcfunction(L, tag_misused);
-    lua_setfield(L, -2, "__index");
+    luaL_setfuncs(L, misuse, 0);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     vm->tag_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);

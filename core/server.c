@@ -36,6 +36,8 @@ static void on_sweep(uv_timer_t *t) {
   }
 }
 
+static void on_flush(uv_prepare_t *p) { sl_conn_flush_all(p->data); }
+
 int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
@@ -46,6 +48,10 @@ int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   uv_gettimeofday(&tv);
   uint64_t first = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
   if (sl_hub_init(&srv->hub, first, (unsigned)srv->cfg.history, srv->cfg.history_ttl)) return UV_ENOMEM;
+  uv_prepare_init(loop, &srv->flusher);
+  srv->flusher.data = srv;
+  uv_prepare_start(&srv->flusher, on_flush);
+  uv_unref((uv_handle_t *)&srv->flusher);
   uv_timer_init(loop, &srv->sweep);
   srv->sweep.data = srv;
   uv_timer_start(&srv->sweep, on_sweep, 1000, 1000);
@@ -132,8 +138,10 @@ static void on_drain_deadline(uv_timer_t *t) {
 }
 
 void sl_server_drained(sl_server *srv) {
-  if (srv->stopping && !srv->conns && !uv_is_closing((uv_handle_t *)&srv->drain))
-    uv_close((uv_handle_t *)&srv->drain, NULL);
+  if (!srv->stopping || srv->conns) return;
+  if (!uv_is_closing((uv_handle_t *)&srv->drain)) uv_close((uv_handle_t *)&srv->drain, NULL);
+  /* Nothing is left to write. */
+  if (!uv_is_closing((uv_handle_t *)&srv->flusher)) uv_close((uv_handle_t *)&srv->flusher, NULL);
 }
 
 void sl_server_stop(sl_server *srv) {
@@ -172,6 +180,7 @@ void sl_server_stop(sl_server *srv) {
 void sl_server_free(sl_server *srv) {
   sl_hub_free(&srv->hub);
   free(srv->byid);
+  free(srv->dirty);
   for (size_t i = 0; i < srv->nroutes; i++) free(srv->routes[i]);
   free(srv->routes);
 }

@@ -48,6 +48,9 @@ typedef struct sl_server {
   struct sl_redis *redis;   /* the Redis engine, when --redis (or configure) gave one */
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
+  uv_prepare_t flusher;    /* writes out each turn's queued bytes before the loop waits */
+  struct sl_conn **dirty;  /* connections with bytes queued this turn (NULL: closed since) */
+  size_t ndirty, capdirty;
   int stopping;
   struct sl_conn **byid;   /* live connections by id (sl_server_conn) */
   size_t byid_len, byid_cap;

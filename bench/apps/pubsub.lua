@@ -7,14 +7,18 @@ sluice.get("/sub/:chan", function(req) return sluice.subscribe(req.params.chan) 
 
 local ticker
 local published = 0
--- POST /run?hz=H&secs=S: publish H events a second for S seconds to "bench".
+-- POST /run?hz=H&secs=S&burst=B: publish H events a second for S seconds to
+-- "bench", B at a time (one tick every B/H seconds: B events in one loop turn).
 sluice.post("/run", function(req)
   local hz, secs = tonumber(req.query.hz) or 10, tonumber(req.query.secs) or 10
+  local burst = math.max(1, math.floor(tonumber(req.query.burst) or 1))
   if ticker then ticker:stop() end
   local stop_at = sluice.now() + secs
-  ticker = sluice.every(1 / hz, function()
+  ticker = sluice.every(burst / hz, function()
     if sluice.now() >= stop_at then ticker:stop(); return end
-    if sluice.publish("bench", string.format("%.0f", sluice.now() * 1e9)) then published = published + 1 end
+    for _ = 1, burst do
+      if sluice.publish("bench", string.format("%.0f", sluice.now() * 1e9)) then published = published + 1 end
+    end
   end)
   return sluice.response(202)
 end)

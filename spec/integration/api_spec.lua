@@ -127,6 +127,17 @@ describe("script API", function()
     st:close()
   end)
 
+  it("writes the events published to a subscriber in one turn of the loop with one write", function()
+    local function writes() return tonumber(gw.read_file("/proc/" .. s.pid .. "/io"):match("syscw: (%d+)")) end
+    local st = s:sse("/sub/burst")
+    local before = writes()
+    assert.equal(204, s:request("POST", "/burst/20").status)
+    for i = 1, 20 do assert.equal(tostring(i), assert(st:read_event()).data) end
+    -- the 20 events in one writev, the response, its access log line: not 20 writes
+    assert.is_true(writes() - before <= 4, "write calls: " .. (writes() - before))
+    st:close()
+  end)
+
   it("refuses a route for a method the parser does not know, at load time", function()
     local code, err = gw.run({ gw.write_file(gw.tmpname(".lua"),
       "local sluice = require 'sluice'\nsluice.route('FETCH', '/x', function() end)\n") })
