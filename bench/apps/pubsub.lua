@@ -23,6 +23,12 @@ sluice.post("/run", function(req)
   return sluice.response(202)
 end)
 
+-- POST /pub/:chan: one event, the body as its data (bench/publish.py; compare.sh).
+sluice.post("/pub/:chan", function(req)
+  local id, err = sluice.publish(req.params.chan, req.body)
+  return sluice.response(id and 202 or 503, id or err)
+end)
+
 -- GET /published: how many events /run has published (that Redis, if used, took).
 sluice.get("/published", function() return sluice.response(200, tostring(published)) end)
 sluice.get("/count", function() return sluice.response(200, tostring(sluice.subscribers("bench"))) end)

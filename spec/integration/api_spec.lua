@@ -133,8 +133,9 @@ describe("script API", function()
     local before = writes()
     assert.equal(204, s:request("POST", "/burst/20").status)
     for i = 1, 20 do assert.equal(tostring(i), assert(st:read_event()).data) end
-    -- the 20 events in one writev, the response, its access log line: not 20 writes
-    assert.is_true(writes() - before <= 4, "write calls: " .. (writes() - before))
+    -- the 20 events in one writev, the response, its access log line: not 20
+    -- writes (under valgrind, whose own writes count in the process's, only the order)
+    if not gw.VALGRIND then assert.is_true(writes() - before <= 4, "write calls: " .. (writes() - before)) end
     st:close()
   end)
 
