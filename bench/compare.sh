@@ -197,6 +197,7 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
 set grid ytics
+set yrange [0:*]
 set title "memory per idle subscriber (bytes)"
 set xtics ("10,000" 0, "19,000" 1)
 plot "< awk -F, '\$3==\"memory\" && \$2==1 && \$1==\"sluice\"' $CSV" using 6 title "sluice", \
