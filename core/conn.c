@@ -10,11 +10,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <lauxlib.h>
 #include "log.h"
-#include "lua_vm.h"
-#include "redis.h"
-#include "sched.h"
 #include "server.h"
 #include "sse.h"
 
@@ -68,7 +64,6 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
   sl_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->srv = srv;
-  c->ud_ref = LUA_NOREF;
   uv_tcp_init(srv->loop, &c->tcp);
   uv_timer_init(srv->loop, &c->timer);
   c->tcp.data = c->timer.data = c->wreq.data = c;
@@ -142,8 +137,9 @@ static void after_write(sl_conn *c) {
     return;
   }
   if (c->queued >= c->hwm) return;
-  if (c->task && c->task->waiting) sl_task_drained(c->task);
-  else if (c->sub && c->sub->paused) pump(c);
+  sl_hooks *h = &c->srv->hooks;
+  if (h->drained && h->drained(c)) return;
+  if (c->sub && c->sub->paused) pump(c);
 }
 
 /* Published events are coalesced (sl_conn_queue): what the hub queues for a
@@ -368,12 +364,11 @@ int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *la
   s->deliver = sub_deliver;
   s->data = c;
   double now = (double)uv_hrtime() / 1e9;
-  sl_redis *redis = c->srv->redis;
   int r;
-  if (redis && last_id) {
-    /* The replay comes from Redis: live events are held until it is in. */
+  if (c->srv->hooks.replay && last_id) {
+    /* The replay comes from the engine: live events are held until it is in. */
     r = sl_hub_subscribe_held(&c->srv->hub, s, chans, n, now);
-    if (r == 0 && sl_redis_replay(redis, s, last_id, lidlen)) {
+    if (r == 0 && c->srv->hooks.replay(c->srv, s, last_id, lidlen)) {
       sl_hub_unsubscribe(&c->srv->hub, s);
       r = -ENOMEM;
     }
@@ -421,7 +416,7 @@ void sl_conn_end(sl_conn *c) {
 static void on_closed(uv_handle_t *h) {
   sl_conn *c = h->data;
   if (--c->pending_closes) return;
-  sl_vm_conn_closed(c->srv, c);
+  if (c->srv->hooks.closed) c->srv->hooks.closed(c);
   /* Found by id until here, so close hooks can still read conn.data. */
   sl_server_untrack(c->srv, c);
   for (unsigned i = 0; i < c->qlen; i++) sl_buf_unref(c->q[i]);
@@ -446,15 +441,15 @@ void sl_conn_close(sl_conn *c) {
     c->dirty = 0;
   }
   if (c->sub) {
-    if (srv->redis) sl_redis_replay_cancel(srv->redis, c->sub);
+    if (srv->hooks.replay_cancel) srv->hooks.replay_cancel(srv, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);
     free(c->sub);
     c->sub = NULL;
   }
   if (c->task) {
-    sl_task *t = c->task;
+    struct sl_task *t = c->task;
     c->task = NULL;
-    sl_task_cancel(t);
+    if (srv->hooks.cancel) srv->hooks.cancel(t);
   }
   c->pending_closes = 2;
   uv_close((uv_handle_t *)&c->tcp, on_closed);
@@ -517,7 +512,8 @@ static void dispatch(sl_conn *c) {
     sl_conn_task_done(c, 1);
     return;
   }
-  sl_vm_dispatch(c->srv->vm, c);
+  if (c->srv->hooks.dispatch) c->srv->hooks.dispatch(c);
+  else sl_conn_task_done(c, 0); /* nothing to serve it: 500 */
 }
 
 /* Serves the requests waiting in c->in, one at a time. */
@@ -593,7 +589,7 @@ void sl_conn_task_done(sl_conn *c, int ok) {
     return;
   }
   /* The next request may be served by another state (after a reload): drop this one's handle. */
-  if (c->vm) sl_vm_conn_release(c->vm, c);
+  if (c->srv->hooks.release) c->srv->hooks.release(c);
   sl_req_free(c->req);
   c->req = NULL;
   c->state = SL_CS_HEAD;

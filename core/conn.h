@@ -1,7 +1,8 @@
 /* conn: one client connection: the read path into the HTTP parser, the write
  * queue of refcounted buffers, the header timeout / heartbeat timer, and the one
- * close path. Uses http (parsing, heads), buf, sched (the handler task) and
- * lua_vm (dispatch, close hooks). */
+ * close path. Uses http (parsing, heads), buf, hub (its subscription) and
+ * server (config, the connection registry); it calls up into the Lua side and
+ * the engine only through the server's hooks (dispatch, close hooks, tasks). */
 #ifndef SL_CONN_H
 #define SL_CONN_H
 #include <llhttp.h>
@@ -30,7 +31,7 @@ typedef struct sl_conn {
   uv_timer_t timer;          /* header timeout, then heartbeats */
   uv_write_t wreq;
   struct sl_server *srv;
-  struct sl_vm *vm;          /* the VM that owns this connection's Lua objects */
+  struct sl_vm *vm;          /* the Lua state that holds it (the Lua side's to manage) */
   struct sl_conn *prev, *next;
   uint64_t id;
   llhttp_t parser;
@@ -49,7 +50,7 @@ typedef struct sl_conn {
   int err_status;            /* set by a parser callback that rejects the request */
   struct sl_task *task;      /* the handler coroutine, if one runs */
   sl_hub_sub *sub;           /* its subscription, if it subscribed */
-  int ud_ref;                /* registry ref of the Lua handle in c->vm, LUA_NOREF if none */
+  int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
   const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
   char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
   uint32_t data_len;

@@ -276,7 +276,7 @@ static void new_handle(sl_vm *vm, lua_State *L, sl_conn *c) {
 }
 
 void sl_vm_push_conn(sl_vm *vm, lua_State *L, sl_conn *c) {
-  if (c->vm == vm && c->ud_ref != LUA_NOREF) {
+  if (c->vm == vm && c->ud_ref > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
     return;
   }
@@ -324,8 +324,8 @@ void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
 
 void sl_vm_conn_release(sl_vm *vm, sl_conn *c) {
   if (c->vm != vm) return;
-  if (c->ud_ref != LUA_NOREF) luaL_unref(vm->L, LUA_REGISTRYINDEX, c->ud_ref);
-  c->ud_ref = LUA_NOREF;
+  if (c->ud_ref > 0) luaL_unref(vm->L, LUA_REGISTRYINDEX, c->ud_ref);
+  c->ud_ref = 0;
   c->vm = NULL;
   vm->users--;
   sl_vm_maybe_close(vm);
@@ -359,9 +359,49 @@ static void gone_in(sl_vm *vm, sl_conn *c) {
 
 void sl_vm_conn_closed(sl_server *srv, sl_conn *c) {
   sl_vm *owner = c->vm;
-  if (owner && c->ud_ref != LUA_NOREF) gone_in(owner, c);
+  if (owner && c->ud_ref > 0) gone_in(owner, c);
   if (srv->vm && srv->vm != owner && knows(srv->vm, c->id)) gone_in(srv->vm, c);
   for (sl_vm *v = srv->retired; v; v = v->next_retired)
     if (v != owner && knows(v, c->id)) gone_in(v, c);
   if (owner) sl_vm_conn_release(owner, c);
+}
+
+/* ---- the hooks the connections call up through (server.h) ---- */
+
+static void hook_dispatch(sl_conn *c) {
+  if (c->srv->vm) sl_vm_dispatch(c->srv->vm, c);
+  else sl_conn_task_done(c, 0);
+}
+
+static void hook_closed(sl_conn *c) { sl_vm_conn_closed(c->srv, c); }
+
+static void hook_release(sl_conn *c) {
+  if (c->vm) sl_vm_conn_release(c->vm, c);
+}
+
+static int hook_drained(sl_conn *c) {
+  if (!c->task || !c->task->waiting) return 0;
+  sl_task_drained(c->task);
+  return 1;
+}
+
+static void hook_trim(sl_server *srv) {
+  if (srv->vm) lua_gc(srv->vm->L, LUA_GCCOLLECT, 0);
+}
+
+void sl_vm_bind(sl_server *srv) {
+  srv->hooks.dispatch = hook_dispatch;
+  srv->hooks.closed = hook_closed;
+  srv->hooks.release = hook_release;
+  srv->hooks.drained = hook_drained;
+  srv->hooks.cancel = sl_task_cancel;
+  srv->hooks.trim = hook_trim;
+}
+
+void sl_vm_stop_all(sl_server *srv) {
+  if (srv->vm) sl_vm_stop(srv->vm);
+  for (sl_vm *v = srv->retired, *next; v; v = next) {
+    next = v->next_retired;
+    sl_vm_stop(v); /* timer bodies still running there (it may close at once) */
+  }
 }

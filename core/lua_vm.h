@@ -1,6 +1,8 @@
 /* lua_vm: one Lua state: loading the script with the sluice library on the
  * path, dispatching requests into handler tasks, connection handles and their
- * close hooks, and protected calls that log a traceback. Uses lua_api and sched. */
+ * close hooks, and protected calls that log a traceback; it fills in the
+ * server's hooks for the connections (sl_vm_bind). Uses lua_api, sched, conn
+ * and server. */
 #ifndef SL_LUA_VM_H
 #define SL_LUA_VM_H
 #include <lua.h>
@@ -68,6 +70,10 @@ void sl_vm_conn_closed(struct sl_server *srv, struct sl_conn *c);
 int sl_vm_pcall(lua_State *L, int nargs, const char *what);
 /* Logs msg with the traceback of co. */
 void sl_vm_log_error(lua_State *co, const char *what);
+/* Fills in the server's hooks that the connections call the Lua side through. */
+void sl_vm_bind(struct sl_server *srv);
+/* Shutting down: stops the timers and cancels the tasks of every state. */
+void sl_vm_stop_all(struct sl_server *srv);
 /* The directory of the sluice Lua library. */
 const char *sl_vm_lua_dir(void);
 

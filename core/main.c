@@ -39,6 +39,14 @@ static void die_first_line(const char *what, const char *msg) {
   if (nl && sl_log_enabled(SL_LOG_DEBUG)) fprintf(stderr, "%s\n", nl + 1);
 }
 
+/* Shutting down, above the connections: every Lua state's timers and tasks,
+ * the script watcher, the engine. */
+static void stop_all(sl_server *srv) {
+  sl_vm_stop_all(srv);
+  sl_reload_stop(srv);
+  sl_redis_stop(srv->redis);
+}
+
 int main(int argc, char **argv) {
   static const struct option longopts[] = {{"listen", required_argument, NULL, 'l'},
                                            {"log-level", required_argument, NULL, 'L'},
@@ -97,6 +105,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sluice: out of memory\n");
     return 1;
   }
+  sl_vm_bind(&srv);
+  srv.hooks.stop = stop_all;
 
   char err[4096];
   sl_vm *vm = sl_vm_open(&srv, script, NULL, err, sizeof err);

@@ -392,6 +392,12 @@ static void connect_all(sl_redis *r) {
   uv_timer_start(&r->retry, on_retry, HANDSHAKE_MS, 0);
 }
 
+/* The connections' way to the engine (server.h's hooks). */
+static int hook_replay(sl_server *srv, sl_hub_sub *sub, const char *last_id, size_t len) {
+  return sl_redis_replay(srv->redis, sub, last_id, len);
+}
+static void hook_replay_cancel(sl_server *srv, sl_hub_sub *sub) { sl_redis_replay_cancel(srv->redis, sub); }
+
 int sl_redis_start(sl_server *srv, const char *url, char *err, size_t errlen) {
   sl_redis *r = calloc(1, sizeof *r);
   if (!r || !(r->url = strdup(url))) {
@@ -412,6 +418,8 @@ int sl_redis_start(sl_server *srv, const char *url, char *err, size_t errlen) {
   r->retry.data = r;
   r->closes = 1;
   srv->redis = r;
+  srv->hooks.replay = hook_replay;
+  srv->hooks.replay_cancel = hook_replay_cancel;
   /* History lives in Redis; the hub numbers nothing itself. */
   srv->hub.history = 0;
   srv->hub.next_seq = 1;
@@ -423,6 +431,8 @@ void sl_redis_stop(sl_redis *r) {
   if (!r || r->stopping) return;
   r->stopping = 1;
   r->srv->redis = NULL;
+  r->srv->hooks.replay = NULL;
+  r->srv->hooks.replay_cancel = NULL;
   while (r->replays) {
     rreplay *p = r->replays;
     r->replays = p->next;

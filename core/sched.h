@@ -1,6 +1,7 @@
 /* sched: coroutine tasks: one resume path for every Lua coroutine the gateway
  * runs (handlers, generators, raw callbacks), which handles sleeps, waits for
- * queue room, errors and completion. Uses lua_vm and conn. */
+ * queue room, errors and completion. Part of the Lua side with lua_vm (whose
+ * states hold the tasks); uses conn below it. */
 #ifndef SL_SCHED_H
 #define SL_SCHED_H
 #include <lua.h>
@@ -30,16 +31,6 @@ typedef struct sl_timer {
   struct sl_timer *prev, *next; /* the VM's timer list */
   unsigned stopped : 1;
 } sl_timer;
-
-/* A span in seconds as loop milliseconds, rounded: 0 for zero, negatives and
- * NaN (callers refuse NaN before), SL_NEVER for spans past any real uptime
- * (math.huge included), which callers treat as "never". */
-#define SL_NEVER UINT64_MAX
-static inline uint64_t sl_secs_ms(double secs) {
-  if (!(secs > 0)) return 0;
-  if (secs >= 1e15) return SL_NEVER;
-  return (uint64_t)(secs * 1000 + 0.5);
-}
 
 /* What a coroutine yields to ask the scheduler for something: one userdata
  * each per Lua state (core.SLEEP, core.WAIT, core.AWAIT). Turned into text

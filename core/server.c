@@ -1,15 +1,11 @@
 /* server: listeners, accept, connection limits, signals, shutdown. See server.h. */
 #include "server.h"
 #include <stdio.h>
-#include <lua.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include "conn.h"
 #include "log.h"
-#include "lua_vm.h"
-#include "reload.h"
-#include "redis.h"
 
 void sl_config_defaults(sl_config *cfg) {
   cfg->heartbeat = 15;
@@ -30,7 +26,7 @@ static void on_sweep(uv_timer_t *t) {
    * first (handles of closed connections), then malloc's free pages. */
   if (srv->nconns > srv->peak_conns) srv->peak_conns = srv->nconns;
   if (srv->peak_conns - srv->nconns >= 1024) {
-    if (srv->vm) lua_gc(srv->vm->L, LUA_GCCOLLECT, 0);
+    if (srv->hooks.trim) srv->hooks.trim(srv);
     malloc_trim(0);
     srv->peak_conns = srv->nconns;
   }
@@ -162,13 +158,7 @@ void sl_server_stop(sl_server *srv) {
     next = c->next;
     sl_conn_end(c);
   }
-  if (srv->vm) sl_vm_stop(srv->vm);
-  for (sl_vm *v = srv->retired, *next; v; v = next) {
-    next = v->next_retired;
-    sl_vm_stop(v); /* timer bodies still running there (it may close at once) */
-  }
-  sl_reload_stop(srv);
-  sl_redis_stop(srv->redis);
+  if (srv->hooks.stop) srv->hooks.stop(srv); /* timers, tasks, watchers, the engine */
   if (srv->conns) {
     sl_info("draining %u connection%s", srv->nconns, srv->nconns == 1 ? "" : "s");
     uv_timer_start(&srv->drain, on_drain_deadline, SL_DRAIN_MS, 0);

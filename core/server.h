@@ -1,7 +1,8 @@
-/* server: the gateway-wide state (config, listeners, connection list, the
- * current Lua VM), listening sockets, accept and the connection limit, signals.
- * Uses conn (for each accepted client), lua_vm (to serve requests) and hub
- * (pub/sub, which outlives any one script). */
+/* server: the gateway-wide state (config, listeners, connection list and
+ * registry, the current Lua VM), listening sockets, accept and the connection
+ * limit, signals, and the hooks through which the units below the Lua side
+ * call up into it. Uses conn (for each accepted client) and hub (pub/sub,
+ * which outlives any one script). */
 #ifndef SL_SERVER_H
 #define SL_SERVER_H
 #include <stdint.h>
@@ -11,6 +12,35 @@
 struct sl_conn;
 struct sl_vm;
 struct sl_redis;
+struct sl_task;
+struct sl_server;
+
+/* How the units below the Lua side (conn, server) call up into it and into
+ * the engine, as libuv and Redis do it: through a small table of functions
+ * that the upper units fill in at start-up (sl_vm_bind, sl_redis_bind). The
+ * lower units include nothing above them; an empty slot means "nothing to do". */
+typedef struct sl_hooks {
+  void (*dispatch)(struct sl_conn *c);   /* a request was read: serve it */
+  void (*closed)(struct sl_conn *c);     /* it is gone: its close hooks run */
+  void (*release)(struct sl_conn *c);    /* between two requests: the Lua side lets go of it */
+  int (*drained)(struct sl_conn *c);     /* below its high-water mark: 1 if a task waiting for that went on */
+  void (*cancel)(struct sl_task *t);     /* its task must never run again */
+  /* Fetch the replay of a held subscriber elsewhere (the engine); 0 or -errno. */
+  int (*replay)(struct sl_server *srv, sl_hub_sub *sub, const char *last_id, size_t len);
+  void (*replay_cancel)(struct sl_server *srv, sl_hub_sub *sub);
+  void (*stop)(struct sl_server *srv);   /* shutting down: timers, watchers, the engine */
+  void (*trim)(struct sl_server *srv);   /* a crowd left: give memory back */
+} sl_hooks;
+
+/* A span in seconds as loop milliseconds, rounded: 0 for zero, negatives and
+ * NaN (callers refuse NaN before), SL_NEVER for spans past any real uptime
+ * (math.huge included), which callers treat as "never". */
+#define SL_NEVER UINT64_MAX
+static inline uint64_t sl_secs_ms(double secs) {
+  if (!(secs > 0)) return 0;
+  if (secs >= 1e15) return SL_NEVER;
+  return (uint64_t)(secs * 1000 + 0.5);
+}
 
 typedef struct sl_config {
   double heartbeat;        /* seconds between ':' comments on idle streams, 0 = off */
@@ -46,6 +76,7 @@ typedef struct sl_server {
   struct sl_reloader *reloader;
   sl_hub hub;
   struct sl_redis *redis;   /* the Redis engine, when --redis (or configure) gave one */
+  sl_hooks hooks;
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   uv_prepare_t flusher;    /* writes out each turn's queued bytes before the loop waits */
