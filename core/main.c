@@ -25,10 +25,13 @@ static void usage(FILE *out) {
           "      --redis URL         use Redis as the pub/sub engine shared by several nodes:\n"
           "                          redis://[[user]:password@]HOST[:PORT][/DB] or unix:///path[?db=N]\n"
           "      --log-level LEVEL   error, warn, info or debug (default info)\n"
+          "      --grace SECONDS     how long the drain at shutdown may take (default 5; 0 = none)\n"
           "  -h, --help              show this help\n"
           "  -V, --version           show the version\n"
           "\n"
-          "SIGHUP reloads the script; SIGINT and SIGTERM drain the connections and exit.\n");
+          "SIGHUP reloads the script; SIGINT and SIGTERM drain the connections and exit\n"
+          "(a second one closes them at once). Exit status: 0 after a signal, 1 when it\n"
+          "cannot start (bad option, script that fails to load, address in use).\n");
 }
 
 /* The first line of a message: a start-up error is one line on stderr. */
@@ -52,12 +55,14 @@ int main(int argc, char **argv) {
                                            {"log-level", required_argument, NULL, 'L'},
                                            {"watch", no_argument, NULL, 'w'},
                                            {"redis", required_argument, NULL, 'R'},
+                                           {"grace", required_argument, NULL, 'G'},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
   const char *listen[SL_MAX_LISTENERS];
   int nlisten = 0, ch, watch = 0;
   const char *redis = NULL;
+  double grace = SL_GRACE;
   while ((ch = getopt_long(argc, argv, "l:whV", longopts, NULL)) != -1) {
     switch (ch) {
       case 'l':
@@ -78,6 +83,15 @@ int main(int argc, char **argv) {
       }
       case 'w': watch = 1; break;
       case 'R': redis = optarg; break;
+      case 'G': {
+        char *end;
+        grace = strtod(optarg, &end);
+        if (end == optarg || *end || !(grace >= 0)) {
+          fprintf(stderr, "sluice: bad --grace '%s' (want seconds, 0 or more)\n", optarg);
+          return 1;
+        }
+        break;
+      }
       case 'h': usage(stdout); return 0;
       case 'V': printf("sluice %s\n", SLUICE_VERSION); return 0;
       default: usage(stderr); return 1;
@@ -106,6 +120,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   sl_vm_bind(&srv);
+  srv.grace = grace;
   srv.hooks.stop = stop_all;
 
   char err[4096];

@@ -39,6 +39,7 @@ int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   srv->loop = loop;
   loop->data = srv;
   sl_config_defaults(&srv->cfg);
+  srv->grace = SL_GRACE;
   /* Hub ids start from the clock (microseconds) so they keep increasing across restarts. */
   uv_timeval64_t tv;
   uv_gettimeofday(&tv);
@@ -113,9 +114,20 @@ int sl_server_listen(sl_server *srv, const char *addr, char *err, size_t errlen)
   return r;
 }
 
+static void close_all(sl_server *srv) {
+  while (srv->conns) sl_conn_close(srv->conns);
+}
+
 static void on_signal(uv_signal_t *s, int signum) {
   sl_server *srv = s->data;
-  sl_info("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
+  if (srv->stopping) {
+    /* A second signal: no more waiting for slow readers. */
+    sl_warn("received %s again: closing %u connection%s now", name, srv->nconns, srv->nconns == 1 ? "" : "s");
+    close_all(srv);
+    return;
+  }
+  sl_info("received %s, shutting down", name);
   sl_server_stop(srv);
 }
 
@@ -130,14 +142,18 @@ void sl_server_signals(sl_server *srv) {
 static void on_drain_deadline(uv_timer_t *t) {
   sl_server *srv = t->data;
   sl_warn("%u connection%s did not drain in time: closing", srv->nconns, srv->nconns == 1 ? "" : "s");
-  while (srv->conns) sl_conn_close(srv->conns);
+  close_all(srv);
 }
 
 void sl_server_drained(sl_server *srv) {
   if (!srv->stopping || srv->conns) return;
   if (!uv_is_closing((uv_handle_t *)&srv->drain)) uv_close((uv_handle_t *)&srv->drain, NULL);
-  /* Nothing is left to write. */
+  /* Nothing is left to write; signals go back to their defaults. */
   if (!uv_is_closing((uv_handle_t *)&srv->flusher)) uv_close((uv_handle_t *)&srv->flusher, NULL);
+  if (srv->sigint.data && !uv_is_closing((uv_handle_t *)&srv->sigint)) {
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+  }
 }
 
 void sl_server_stop(sl_server *srv) {
@@ -148,10 +164,7 @@ void sl_server_stop(sl_server *srv) {
   for (int i = 0; i < srv->nlisteners; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) uv_close((uv_handle_t *)&srv->listeners[i], NULL);
   if (!uv_is_closing((uv_handle_t *)&srv->sweep)) uv_close((uv_handle_t *)&srv->sweep, NULL);
-  if (srv->sigint.data) {
-    uv_close((uv_handle_t *)&srv->sigint, NULL);
-    uv_close((uv_handle_t *)&srv->sigterm, NULL);
-  }
+  /* The signal handlers stay until the drain ends: a second signal cuts it short. */
   /* Drain: each connection closes once what is queued for it is written; streams take
    * no more events. Clients that do not read by the deadline are closed anyway. */
   for (sl_conn *c = srv->conns, *next; c; c = next) {
@@ -161,7 +174,10 @@ void sl_server_stop(sl_server *srv) {
   if (srv->hooks.stop) srv->hooks.stop(srv); /* timers, tasks, watchers, the engine */
   if (srv->conns) {
     sl_info("draining %u connection%s", srv->nconns, srv->nconns == 1 ? "" : "s");
-    uv_timer_start(&srv->drain, on_drain_deadline, SL_DRAIN_MS, 0);
+    if (srv->grace > 0 && sl_secs_ms(srv->grace) != SL_NEVER)
+      uv_timer_start(&srv->drain, on_drain_deadline, sl_secs_ms(srv->grace), 0);
+    else if (srv->grace <= 0)
+      close_all(srv); /* --grace 0: no drain */
   } else {
     sl_server_drained(srv);
   }

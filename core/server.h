@@ -57,7 +57,7 @@ typedef struct sl_config {
 
 #define SL_MAX_LISTENERS 16
 #define SL_READ_BUF 65536
-#define SL_DRAIN_MS 5000
+#define SL_GRACE 5.0 /* seconds the drain at shutdown may take, by default */
 
 typedef struct sl_server {
   uv_loop_t *loop;
@@ -83,6 +83,7 @@ typedef struct sl_server {
   struct sl_conn **dirty;  /* connections with bytes queued this turn (NULL: closed since) */
   size_t ndirty, capdirty;
   int stopping;
+  double grace;            /* seconds the drain at shutdown may take (--grace) */
   struct sl_conn **byid;   /* live connections by id (sl_server_conn) */
   size_t byid_len, byid_cap;
   char **routes;           /* route patterns of connections, each kept once */
@@ -101,7 +102,8 @@ int sl_server_listen(sl_server *srv, const char *addr, char *err, size_t errlen)
 /* Starts the signal handlers that stop the server. */
 void sl_server_signals(sl_server *srv);
 /* Stops accepting and closes every connection once what is queued for it is
- * written (SL_DRAIN_MS at most); the loop then ends. */
+ * written (srv->grace seconds at most; a second SIGTERM/SIGINT ends the wait);
+ * the loop then ends. */
 void sl_server_stop(sl_server *srv);
 /* Connections by id: what a script's handle (from any Lua state) finds its
  * connection by. track: 0 or -1 (out of memory). */

@@ -71,6 +71,46 @@ describe("command line", function()
     assert.equal(0, s:stop(true))
   end)
 
+  -- A client that never reads what it was sent: the drain waits for it.
+  local STUCK = [[
+    local sluice = require "sluice"
+    sluice.configure { queue_limit = 16 * 1024 * 1024 }
+    sluice.get("/big", function()
+      return sluice.raw(function(conn)
+        for _ = 1, 64 do conn:write(("q"):rep(65536)) end
+        sluice.log.info("queued")
+      end)
+    end)
+  ]]
+  local function stuck(args)
+    local s = gw.start(STUCK, { source = true, args = args })
+    local c = s:sse("/big")
+    gw.wait_for(function() return s:logs():find("queued", 1, true) end, 10, "the writes")
+    s:signal(require("posix.signal").SIGTERM)
+    gw.wait_for(function() return s:logs():find("draining 1 connection", 1, true) end, 10, "the drain")
+    return s, c
+  end
+
+  it("bounds the drain by --grace, and a second SIGTERM ends it at once, with status 0", function()
+    -- --grace 0.3: the client that does not read is closed after it
+    local s, c = stuck({ "--grace", "0.3" })
+    gw.wait_for(function() return s:logs():find("did not drain in time", 1, true) end, 10, "the grace period")
+    local code = s:stop(true)
+    assert.equal(0, code)
+    c:close()
+    -- the default 5 s, cut short by a second signal
+    s, c = stuck()
+    s:signal(require("posix.signal").SIGTERM)
+    gw.wait_for(function() return s:logs():find("received SIGTERM again: closing 1 connection now", 1, true) end, 5,
+      "the second signal")
+    assert.equal(0, (s:stop(true)))
+    c:close()
+    -- a bad value is refused
+    local bad, err = gw.run({ "--grace", "soon", "spec/fixtures/core_app.lua" })
+    assert.equal(1, bad)
+    assert.matches("bad %-%-grace 'soon'", err)
+  end)
+
   it("listens on several addresses and stops cleanly on SIGINT", function()
     local extra = gw.free_port()
     local s = gw.start("spec/fixtures/core_app.lua", { args = { "--listen", "127.0.0.1:" .. extra } })
