@@ -20,13 +20,20 @@
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void conn_process(sl_conn *c);
 
+static const char *const mode_names[] = {"none", "once", "stream", "subscribe", "raw"};
+static const char *const end_names[] = {NULL, "client", "handler", "script", "slow", "error", "shutdown"};
+
 static void access_log(sl_conn *c) {
   if (!c->req || !sl_log_enabled(SL_LOG_INFO)) return;
-  double ms = (double)(uv_hrtime() - c->started) / 1e6;
-  const char *method = llhttp_method_name((llhttp_method_t)c->parser.method);
-  int plen = (int)c->req->url_len;
-  sl_info("%s %s %.*s %d %llu %.1fms", c->peer, method, plen, c->req->head, c->status,
-          (unsigned long long)c->bytes_sent, ms);
+  int stream = c->state == SL_CS_STREAM;
+  sl_access a = {c->peer, llhttp_method_name((llhttp_method_t)c->parser.method), c->req->head, c->req->url_len,
+                 c->status, (unsigned long long)c->bytes_sent, (double)(uv_hrtime() - c->started) / 1e9,
+                 stream ? mode_names[c->mode] : NULL, c->events, stream ? end_names[c->ended] : NULL};
+  sl_log_access(&a);
+}
+
+void sl_conn_ended(sl_conn *c, int why) {
+  if (!c->ended) c->ended = (uint8_t)why;
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -121,6 +128,7 @@ static void on_written(uv_write_t *req, int status) {
   if (c->closing) return;
   if (status < 0) {
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(status));
+    sl_conn_ended(c, SL_END_CLIENT);
     sl_conn_close(c);
     return;
   }
@@ -205,6 +213,7 @@ static void flush(sl_conn *c) {
     if (w == UV_EAGAIN) w = 0;
     if (w < 0) {
       sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(w));
+      sl_conn_ended(c, SL_END_CLIENT);
       sl_conn_close(c);
       return;
     }
@@ -243,6 +252,7 @@ static int enqueue(sl_conn *c, sl_buf *b, int coalesce) {
   }
   if (c->queued > 0 && c->queued + b->len > limit) {
     sl_warn("conn %llu: closed as a slow consumer (%zu bytes queued)", (unsigned long long)c->id, c->queued);
+    sl_conn_ended(c, SL_END_SLOW);
     sl_conn_close(c);
     return -ENOBUFS;
   }
@@ -338,6 +348,7 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
 static int sub_deliver(sl_hub_sub *s, sl_buf *frame) {
   sl_conn *c = s->data;
   int r = sl_conn_queue(c, frame);
+  if (r == 0) c->events++;
   if (r == -ENOMEM) {
     sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
     sl_conn_close(c);
@@ -398,6 +409,7 @@ int sl_conn_kick(sl_server *srv, const char *name, size_t len) {
     if (subs[i]->deliver != sub_deliver) continue;
     sl_conn *c = subs[i]->data;
     if (c->closing || c->ending) continue;
+    sl_conn_ended(c, SL_END_SCRIPT);
     sl_conn_end(c);
     kicked++;
   }
@@ -544,6 +556,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n == 0) return;
   if (n < 0) {
     /* The client left (or the socket failed): nothing more can be sent. */
+    sl_conn_ended(c, SL_END_CLIENT);
     sl_conn_close(c);
     return;
   }
@@ -570,6 +583,7 @@ void sl_conn_fail(sl_conn *c) {
     c->keepalive = 0;
     sl_conn_respond(c, 500, NULL, "Internal Server Error\n", 22);
   } else if (c->state == SL_CS_STREAM) {
+    sl_conn_ended(c, SL_END_ERROR);
     sl_conn_end(c);
   }
 }
@@ -580,7 +594,10 @@ void sl_conn_task_done(sl_conn *c, int ok) {
     /* The handler ended without answering: only an error gets here. */
     sl_conn_fail(c);
   } else if (c->state == SL_CS_STREAM) {
-    if (!ok) sl_conn_end(c);
+    if (!ok) {
+      sl_conn_ended(c, SL_END_ERROR);
+      sl_conn_end(c);
+    }
     return;
   }
   access_log(c);

@@ -26,6 +26,9 @@ enum sl_conn_state {
 /* What a streaming connection was started for (sluice.connections filters on it). */
 enum sl_conn_mode { SL_MODE_NONE, SL_MODE_ONCE, SL_MODE_STREAM, SL_MODE_SUBSCRIBE, SL_MODE_RAW };
 
+/* Why a stream ended, for its access line. */
+enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL_END_SLOW, SL_END_ERROR, SL_END_SHUTDOWN };
+
 typedef struct sl_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;          /* header timeout, then heartbeats */
@@ -56,6 +59,8 @@ typedef struct sl_conn {
   uint32_t data_len;
   uint8_t mode;              /* enum sl_conn_mode, once it streams */
   uint32_t dirty;            /* its place (+1) in the server's list of connections to flush, 0 if none */
+  uint32_t events;           /* events sent on its stream (the access line) */
+  uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
   uint8_t state;
   uint8_t closing : 1, ending : 1, keepalive : 1, msg_done : 1, reading : 1, wrote : 1,
       processing : 1, is_head : 1;
@@ -88,6 +93,8 @@ int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add);
 int sl_conn_kick(struct sl_server *srv, const char *name, size_t len);
 /* Writes out what was queued during this turn of the loop (see mark_dirty). */
 void sl_conn_flush_all(struct sl_server *srv);
+/* Notes why the connection's stream ends (the first cause given is kept). */
+void sl_conn_ended(sl_conn *c, int why);
 /* Closes once everything queued is written. */
 void sl_conn_end(sl_conn *c);
 /* The one close path: stops everything, cancels the task; memory goes in the close callbacks. */

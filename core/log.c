@@ -6,6 +6,7 @@
 #include <time.h>
 
 static int log_level = SL_LOG_INFO;
+static int log_json;
 static const char *const names[] = {"error", "warn", "info", "debug"};
 
 int sl_log_parse_level(const char *name) {
@@ -16,24 +17,116 @@ int sl_log_parse_level(const char *name) {
 
 void sl_log_set_level(int level) { log_level = level; }
 
+int sl_log_set_format(const char *name) {
+  if (strcmp(name, "text") == 0) log_json = 0;
+  else if (strcmp(name, "json") == 0) log_json = 1;
+  else return -1;
+  return 0;
+}
+
 int sl_log_enabled(int level) { return level <= log_level; }
 
-void sl_log(int level, const char *fmt, ...) {
-  if (level > log_level) return;
-  char line[8192];
+/* A line being built: at most 8 KiB, cut (never overflowed) beyond. */
+typedef struct line {
+  char b[8192];
+  size_t n;
+} line;
+
+static void add(line *l, const char *s, size_t n) {
+  if (n > sizeof l->b - 2 - l->n) n = sizeof l->b - 2 - l->n;
+  memcpy(l->b + l->n, s, n);
+  l->n += n;
+}
+
+static void adds(line *l, const char *s) { add(l, s, strlen(s)); }
+
+static void addf(line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void addf(line *l, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(l->b + l->n, sizeof l->b - 1 - l->n, fmt, ap);
+  va_end(ap);
+  if (m > 0) l->n += (size_t)m < sizeof l->b - 2 - l->n ? (size_t)m : sizeof l->b - 2 - l->n;
+}
+
+/* Appends s as a JSON string: quotes, backslashes and control bytes escaped. */
+static void add_json(line *l, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  add(l, "\"", 1);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\') {
+      char e[2] = {'\\', (char)ch};
+      add(l, e, 2);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+      add(l, e, 6);
+    } else {
+      add(l, (const char *)&ch, 1);
+    }
+  }
+  add(l, "\"", 1);
+}
+
+static void start(line *l, int level) {
   struct timespec ts;
   struct tm tm;
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
-  int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] ", tm.tm_year + 1900,
-                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                   names[level]);
+  l->n = 0;
+  addf(l, log_json ? "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\"" : "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] ",
+       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+       names[level]);
+}
+
+static void finish(line *l) {
+  if (log_json) adds(l, "}");
+  l->b[l->n++] = '\n';
+  fwrite(l->b, 1, l->n, stderr);
+}
+
+void sl_log(int level, const char *fmt, ...) {
+  if (level > log_level) return;
+  line l;
+  start(&l, level);
+  char msg[8000];
   va_list ap;
   va_start(ap, fmt);
-  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  int m = vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-  if (len > sizeof line - 2) len = sizeof line - 2;
-  line[len++] = '\n';
-  fwrite(line, 1, len, stderr);
+  size_t mlen = m < 0 ? 0 : (size_t)m < sizeof msg ? (size_t)m : sizeof msg - 1;
+  if (log_json) {
+    adds(&l, ",\"msg\":");
+    add_json(&l, msg, mlen);
+  } else {
+    add(&l, msg, mlen);
+  }
+  finish(&l);
+}
+
+void sl_log_access(const sl_access *a) {
+  if (!sl_log_enabled(SL_LOG_INFO)) return;
+  line l;
+  start(&l, SL_LOG_INFO);
+  if (log_json) {
+    adds(&l, ",\"msg\":\"access\",\"remote\":");
+    add_json(&l, a->remote, strlen(a->remote));
+    adds(&l, ",\"method\":");
+    add_json(&l, a->method, strlen(a->method));
+    adds(&l, ",\"path\":");
+    add_json(&l, a->path, a->path_len);
+    addf(&l, ",\"status\":%d,\"bytes\":%llu,\"duration\":%.6f", a->status, a->bytes, a->seconds);
+    if (a->mode) {
+      addf(&l, ",\"mode\":\"%s\",\"events\":%llu", a->mode, a->events);
+      if (a->ended) addf(&l, ",\"ended\":\"%s\"", a->ended);
+    }
+  } else {
+    addf(&l, "%s %s %.*s %d %llu %.1fms", a->remote, a->method, (int)a->path_len, a->path, a->status, a->bytes,
+         a->seconds * 1e3);
+    if (a->mode) {
+      addf(&l, " mode=%s events=%llu", a->mode, a->events);
+      if (a->ended) addf(&l, " ended=%s", a->ended);
+    }
+  }
+  finish(&l);
 }

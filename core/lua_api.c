@@ -199,6 +199,7 @@ static int api_send(lua_State *L) {
   sl_conn *c = live_conn(L, 1);
   int r = c ? sl_conn_write(c, b) : -EPIPE;
   sl_buf_unref(b);
+  if (r == 0) c->events++;
   return c ? write_result(L, c, r) : fail(L, "closed");
 }
 
@@ -232,13 +233,19 @@ static int api_comment(lua_State *L) {
   return write_result(L, c, r);
 }
 
-/* finish(conn): close once everything queued is written */
-static int api_finish(lua_State *L) {
+/* Ends the stream once everything queued is written; why: enum sl_conn_end. */
+static int end_stream(lua_State *L, int why) {
   sl_conn *c = live_conn(L, 1);
-  if (c) sl_conn_end(c);
+  if (c) {
+    sl_conn_ended(c, why);
+    sl_conn_end(c);
+  }
   lua_pushboolean(L, c != NULL);
   return 1;
 }
+
+/* finish(conn): the handler or generator is done */
+static int api_finish(lua_State *L) { return end_stream(L, SL_END_HANDLER); }
 
 /* fail(conn): the handler failed (logged already): 500, or the stream ends */
 static int api_fail(lua_State *L) {
@@ -248,7 +255,7 @@ static int api_fail(lua_State *L) {
 }
 
 /* close(conn): close now-ish: what is queued is still written first */
-static int api_close(lua_State *L) { return api_finish(L); }
+static int api_close(lua_State *L) { return end_stream(L, SL_END_SCRIPT); }
 
 /* closed(conn) */
 static int api_closed(lua_State *L) {

@@ -25,6 +25,7 @@ static void usage(FILE *out) {
           "      --redis URL         use Redis as the pub/sub engine shared by several nodes:\n"
           "                          redis://[[user]:password@]HOST[:PORT][/DB] or unix:///path[?db=N]\n"
           "      --log-level LEVEL   error, warn, info or debug (default info)\n"
+          "      --log-format FMT    text (default) or json (one object per line)\n"
           "      --grace SECONDS     how long the drain at shutdown may take (default 5; 0 = none)\n"
           "  -h, --help              show this help\n"
           "  -V, --version           show the version\n"
@@ -53,6 +54,7 @@ static void stop_all(sl_server *srv) {
 int main(int argc, char **argv) {
   static const struct option longopts[] = {{"listen", required_argument, NULL, 'l'},
                                            {"log-level", required_argument, NULL, 'L'},
+                                           {"log-format", required_argument, NULL, 'F'},
                                            {"watch", no_argument, NULL, 'w'},
                                            {"redis", required_argument, NULL, 'R'},
                                            {"grace", required_argument, NULL, 'G'},
@@ -81,6 +83,12 @@ int main(int argc, char **argv) {
         sl_log_set_level(level);
         break;
       }
+      case 'F':
+        if (sl_log_set_format(optarg)) {
+          fprintf(stderr, "sluice: bad --log-format '%s' (want text or json)\n", optarg);
+          return 1;
+        }
+        break;
       case 'w': watch = 1; break;
       case 'R': redis = optarg; break;
       case 'G': {

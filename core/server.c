@@ -169,6 +169,7 @@ void sl_server_stop(sl_server *srv) {
    * no more events. Clients that do not read by the deadline are closed anyway. */
   for (sl_conn *c = srv->conns, *next; c; c = next) {
     next = c->next;
+    sl_conn_ended(c, SL_END_SHUTDOWN);
     sl_conn_end(c);
   }
   if (srv->hooks.stop) srv->hooks.stop(srv); /* timers, tasks, watchers, the engine */

@@ -136,7 +136,8 @@ function _M.start(script, opts)
     local p = wait.wait(self.pid, wait.WNOHANG)
     if p == self.pid then error("sluice exited at start-up:\n" .. _M.read_file(self.log)) end
     -- "serving" is logged once listeners, signals and watchers are all set up
-    return _M.read_file(self.log):find("] sluice [^\n]* serving ")
+    local logs = _M.read_file(self.log)
+    return logs:find("] sluice [^\n]* serving ") or logs:find('"msg":"sluice [^\n]* serving ')
   end, 10, "sluice to listen")
   return self
 end

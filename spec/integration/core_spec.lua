@@ -111,6 +111,56 @@ describe("command line", function()
     assert.matches("bad %-%-grace 'soon'", err)
   end)
 
+  it("logs one JSON object per line with --log-format json, and each stream's end: mode, events, why", function()
+    local app = [[
+      local sluice = require "sluice"
+      sluice.get("/plain", function() return sluice.response(200, "hi") end)
+      sluice.get("/gen", function() return coroutine.wrap(function() coroutine.yield("a"); coroutine.yield("b") end) end)
+      sluice.get("/sub", function() return sluice.subscribe("c") end)
+      sluice.post("/kick", function() return sluice.response(200, sluice.kick("c")) end)
+      sluice.get("/hang", function() return coroutine.wrap(function() coroutine.yield("x"); sluice.sleep(100) end) end)
+      sluice.get("/count", function() return sluice.response(200, sluice.subscribers("c")) end)
+    ]]
+    local function exercise(s)
+      assert.equal("hi", s:request("GET", "/plain").body)
+      local g = s:sse("/gen")
+      assert.is_true(g:closed_by_peer(5))
+      local sub = s:sse("/sub")
+      assert.equal("1", s:request("POST", "/kick").body)
+      assert.is_true(sub:closed_by_peer(5))
+      local h = s:sse("/hang")
+      assert.equal("x", h:read_event().data)
+      h:close()
+      gw.wait_for(function() return s:logs():find("/hang", 1, true) end, 5, "the access line of /hang")
+    end
+    local s = gw.start(app, { source = true, args = { "--log-format", "json" } })
+    exercise(s)
+    local access = {}
+    for line in s:logs():gmatch("[^\n]+") do
+      local ok, obj = pcall(json.decode, line)
+      assert.is_true(ok, "not JSON: " .. line)
+      assert.is_string(obj.time)
+      assert.is_string(obj.level)
+      assert.is_string(obj.msg)
+      if obj.msg == "access" then access[obj.path] = obj end
+    end
+    assert.same({ "127.0.0.1", "GET", 200 }, { access["/plain"].remote, access["/plain"].method, access["/plain"].status })
+    assert.is_true(access["/plain"].bytes > 2) -- head and body
+    assert.is_number(access["/plain"].duration)
+    assert.is_nil(access["/plain"].mode)
+    local function stream(path) return { access[path].mode, access[path].events, access[path].ended } end
+    assert.same({ "stream", 2, "handler" }, stream("/gen"))
+    assert.same({ "subscribe", 0, "script" }, stream("/sub"))
+    assert.same({ "stream", 1, "client" }, stream("/hang"))
+    s:stop()
+    -- text, the default: the same facts at the end of the line
+    s = gw.start(app, { source = true })
+    exercise(s)
+    assert.matches("GET /hang 200 %d+ [%d.]+ms mode=stream events=1 ended=client\n", s:logs())
+    s:stop()
+    assert.equal(1, (gw.run({ "--log-format", "xml", "spec/fixtures/core_app.lua" })))
+  end)
+
   it("listens on several addresses and stops cleanly on SIGINT", function()
     local extra = gw.free_port()
     local s = gw.start("spec/fixtures/core_app.lua", { args = { "--listen", "127.0.0.1:" .. extra } })
