@@ -310,6 +310,7 @@ static int api_config(lua_State *L) {
   else if (strcmp(key, "max_header") == 0) cfg->max_header = (size_t)v;
   else if (strcmp(key, "max_body") == 0) cfg->max_body = (size_t)v;
   else if (strcmp(key, "header_timeout") == 0) cfg->header_timeout = v;
+  else if (strcmp(key, "watchdog") == 0) cfg->watchdog = v;
   else return luaL_error(L, "unknown configuration key '%s'", key);
   /* While loading, the values wait for the load to succeed; afterwards they apply at once. */
   if (vm->srv->vm == vm) sl_vm_activate(vm);

@@ -12,6 +12,7 @@
 #include "lua_api.h"
 #include "sched.h"
 #include "server.h"
+#include "watchdog.h"
 
 static char lua_dir[8192];
 
@@ -59,7 +60,9 @@ int sl_vm_pcall(lua_State *L, int nargs, const char *what) {
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback);
   lua_insert(L, base);
+  sl_watchdog_enter(L);
   int r = lua_pcall(L, nargs, 0, base);
+  sl_watchdog_leave();
   if (r) {
     sl_error("%s: %s", what, error_text(L, -1));
     lua_pop(L, 1);
@@ -79,7 +82,9 @@ static int load_call(lua_State *L, int nargs, int nres, char *err, size_t errlen
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback);
   lua_insert(L, base);
+  sl_watchdog_enter(L);
   int r = lua_pcall(L, nargs, nres, base);
+  sl_watchdog_leave();
   if (r) {
     snprintf(err, errlen, "%s", error_text(L, -1));
     lua_pop(L, 1);
@@ -154,6 +159,7 @@ void sl_vm_activate(sl_vm *vm) {
   srv->hub.history = srv->redis ? 0 : (unsigned)vm->cfg.history;
   srv->hub.hold_limit = vm->cfg.queue_limit;
   srv->hub.ttl = vm->cfg.history_ttl;
+  sl_watchdog_limit(vm->cfg.watchdog);
   srv->vm = vm;
   if (!old || old == vm) return;
   if (strcmp(old->cfg.redis, vm->cfg.redis) != 0)
@@ -181,7 +187,10 @@ sl_buf *sl_vm_handover(sl_vm *vm) {
   lua_pushcfunction(L, traceback);
   lua_rawgeti(L, LUA_REGISTRYINDEX, vm->reloading_ref);
   sl_buf *b = NULL;
-  if (lua_pcall(L, 0, 2, top + 1)) {
+  sl_watchdog_enter(L);
+  int failed = lua_pcall(L, 0, 2, top + 1);
+  sl_watchdog_leave();
+  if (failed) {
     sl_error("on_reload: %s", error_text(L, -1));
   } else if (lua_toboolean(L, -2)) { /* (true, state): on_reload was called */
     sl_sb sb;

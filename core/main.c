@@ -12,6 +12,7 @@
 #include "redis.h"
 #include "reload.h"
 #include "server.h"
+#include "watchdog.h"
 
 static void usage(FILE *out) {
   fprintf(out,
@@ -32,7 +33,8 @@ static void usage(FILE *out) {
           "\n"
           "SIGHUP reloads the script; SIGINT and SIGTERM drain the connections and exit\n"
           "(a second one closes them at once). Exit status: 0 after a signal, 1 when it\n"
-          "cannot start (bad option, script that fails to load, address in use).\n");
+          "cannot start (bad option, script that fails to load, address in use), 70 when\n"
+          "the watchdog cannot stop a script's loop (JIT-compiled code).\n");
 }
 
 /* The first line of a message: a start-up error is one line on stderr. */
@@ -129,6 +131,10 @@ int main(int argc, char **argv) {
   }
   sl_vm_bind(&srv);
   srv.grace = grace;
+  if (sl_watchdog_start(srv.cfg.watchdog)) {
+    fprintf(stderr, "sluice: cannot start the watchdog thread\n");
+    return 1;
+  }
   srv.hooks.stop = stop_all;
 
   char err[4096];
@@ -178,6 +184,7 @@ out:
   }
   /* Lua's close may have closed handles of its own. */
   uv_run(&loop, UV_RUN_DEFAULT);
+  sl_watchdog_stop();
   sl_server_free(&srv);
   if (uv_loop_close(&loop)) sl_warn("event loop closed with handles still open");
   return status;

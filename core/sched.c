@@ -11,6 +11,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "server.h"
+#include "watchdog.h"
 
 static int tag_misused(lua_State *L) {
   return luaL_error(L, "sluice.sleep (or a publish waiting for Redis) ran inside a coroutine the script "
@@ -91,7 +92,9 @@ void sl_task_resume(sl_task *t, int nargs) {
   sl_task *outer = t->vm->current;
   t->vm->current = t;
   t->running = 1;
+  sl_watchdog_enter(t->vm->L);
   int rc = lua_resume(co, nargs);
+  sl_watchdog_leave();
   t->running = 0;
   t->vm->current = outer;
   if (t->cancelled) {

@@ -17,6 +17,7 @@ void sl_config_defaults(sl_config *cfg) {
   cfg->max_header = 8u << 10;
   cfg->max_body = 1u << 20;
   cfg->header_timeout = 10;
+  cfg->watchdog = 2;
 }
 
 static void on_sweep(uv_timer_t *t) {

@@ -25,6 +25,8 @@ _M.keys = {
   max_header = { whole, "a whole number of bytes" },
   max_body = { whole, "a whole number of bytes" },
   header_timeout = { nonneg, "a number of seconds" },
+  watchdog = { nonneg, "a number of seconds (0 = off)" },
+  jit = { function(v) return type(v) == "boolean" end, "true or false" },
   cors = { origins, "an origin string, \"*\" or a list of origins" },
   redis = { function(v) return type(v) == "string" and (v:find("^redis://") or v:find("^unix://")) ~= nil end,
     "a redis:// or unix:// URL" },
@@ -45,7 +47,12 @@ function _M.apply(t, set, level)
   end
   for k, v in pairs(t) do
     _M.values[k] = v
-    if k ~= "cors" then set(k, v) end
+    if k == "jit" then
+      -- The JIT is off unless asked for: the watchdog cannot stop a loop it compiled.
+      if v then jit.on() else jit.off() end
+    elseif k ~= "cors" then
+      set(k, v)
+    end
   end
 end
 

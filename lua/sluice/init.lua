@@ -41,6 +41,12 @@ local function error_trace(e)
   return traceback(text, 2)
 end
 
+-- Scripts run interpreted unless they ask for the JIT (configure { jit = true }):
+-- the watchdog stops a runaway loop only in code the interpreter runs, and the
+-- gateway's Lua work (routing, stepping generators) gains nothing measurable
+-- from compiling (bench/README.md).
+if jit then jit.off() end
+
 local _M = { _VERSION = core.version, json = json }
 local routes = router.new()
 local hooks = {} -- conn -> list of on_close functions

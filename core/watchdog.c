@@ -1,0 +1,128 @@
+/* watchdog: see watchdog.h.
+ *
+ * The main thread marks when it enters and leaves Lua (sl_watchdog_enter /
+ * leave: two stores). A second thread looks every 50 ms; when Lua has been
+ * running longer than the limit it signals the main thread, whose handler sets
+ * a count hook, as luajit's own REPL does on Ctrl-C: the next Lua instruction
+ * interpreted raises an error in the script, where its handler's error path
+ * reports and ends it. Code the JIT compiled runs no hooks; the Lua states run
+ * with the JIT off unless a script turns it on (configure { jit = true }), and
+ * a loop that still cannot be stopped after a second period ends the process
+ * (status 70) so that its supervisor starts it again, instead of a gateway that
+ * hangs for good. */
+#define _GNU_SOURCE
+#include "watchdog.h"
+#include <lauxlib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "log.h"
+
+static struct {
+  pthread_t main, thread;
+  int started;
+  _Atomic uint64_t since;    /* ns (monotonic) when the main thread entered Lua; 0 outside */
+  _Atomic uint64_t episode;  /* counts entries into Lua */
+  _Atomic uint64_t fired;    /* the episode the watchdog fired for */
+  _Atomic uint64_t limit_ns; /* 0: off */
+  _Atomic int stop;
+  lua_State *_Atomic L;      /* the state running now */
+  int depth;                 /* main thread only: nested entries */
+} wd;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void sl_watchdog_enter(lua_State *L) {
+  if (wd.depth++) return;
+  atomic_store(&wd.L, L);
+  atomic_fetch_add(&wd.episode, 1);
+  atomic_store(&wd.since, now_ns());
+}
+
+void sl_watchdog_leave(void) {
+  if (--wd.depth) return;
+  atomic_store(&wd.since, 0);
+}
+
+void sl_watchdog_limit(double seconds) {
+  atomic_store(&wd.limit_ns, seconds > 0 && seconds < 1e9 ? (uint64_t)(seconds * 1e9) : 0);
+}
+
+static void hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  /* A hook set for an episode that has ended since is not for this code. */
+  if (atomic_load(&wd.fired) != atomic_load(&wd.episode) || !atomic_load(&wd.since)) return;
+  /* Where the script was (level 0: the function running, the hook adds no frame). */
+  luaL_where(L, 0);
+  lua_pushfstring(L, "watchdog: the script kept the gateway busy for more than %f s (a loop that never ends?)",
+                  (double)atomic_load(&wd.limit_ns) / 1e9);
+  lua_concat(L, 2);
+  lua_error(L);
+}
+
+static void on_signal(int sig) {
+  (void)sig;
+  lua_State *L = atomic_load(&wd.L);
+  if (L && atomic_load(&wd.since)) lua_sethook(L, hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void *run(void *arg) {
+  (void)arg;
+  uint64_t fired_at = 0;
+  while (!atomic_load(&wd.stop)) {
+    usleep(50000);
+    uint64_t since = atomic_load(&wd.since), limit = atomic_load(&wd.limit_ns), ep = atomic_load(&wd.episode);
+    if (!since || !limit) continue;
+    uint64_t now = now_ns();
+    if (now - since <= limit) continue;
+    if (atomic_load(&wd.fired) != ep) {
+      atomic_store(&wd.fired, ep);
+      fired_at = now;
+      pthread_kill(wd.main, SL_WATCHDOG_SIGNAL);
+    } else if (now - fired_at > limit + 1000000000u) {
+      sl_error("watchdog: a script is still running %.1f s after it was told to stop: it loops in code the "
+               "JIT compiled, which cannot be interrupted; exiting (status 70) so the service manager "
+               "restarts the gateway (leave configure { jit } off to make every loop stoppable)",
+               (double)(now - fired_at) / 1e9);
+      _exit(70);
+    }
+  }
+  return NULL;
+}
+
+int sl_watchdog_start(double seconds) {
+  sl_watchdog_limit(seconds);
+  wd.main = pthread_self();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SL_WATCHDOG_SIGNAL, &sa, NULL)) return -1;
+  /* The thread must not take the signals the loop handles. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int r = pthread_create(&wd.thread, NULL, run, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r) return -1;
+  wd.started = 1;
+  return 0;
+}
+
+void sl_watchdog_stop(void) {
+  if (!wd.started) return;
+  atomic_store(&wd.stop, 1);
+  pthread_join(wd.thread, NULL);
+  wd.started = 0;
+}
