@@ -24,12 +24,14 @@ static const char *const mode_names[] = {"none", "once", "stream", "subscribe", 
 static const char *const end_names[] = {NULL, "client", "handler", "script", "slow", "error", "shutdown"};
 
 static void access_log(sl_conn *c) {
-  if (!c->req || !sl_log_enabled(SL_LOG_INFO)) return;
+  if (!c->req) return;
   int stream = c->state == SL_CS_STREAM;
   sl_access a = {c->peer, llhttp_method_name((llhttp_method_t)c->parser.method), c->req->head, c->req->url_len,
                  c->status, (unsigned long long)c->bytes_sent, (double)(uv_hrtime() - c->started) / 1e9,
                  stream ? mode_names[c->mode] : NULL, c->events, stream ? end_names[c->ended] : NULL};
   sl_log_access(&a);
+  int cls = c->status >= 100 && c->status < 600 ? c->status / 100 : 0;
+  c->srv->metrics.requests[sl_metrics_method(a.method)][cls]++;
 }
 
 void sl_conn_ended(sl_conn *c, int why) {
@@ -57,7 +59,7 @@ static void on_heartbeat(uv_timer_t *t) {
   }
   sl_buf *b = sl_buf_from(beat, sizeof beat - 1);
   if (!b) return;
-  sl_conn_write(c, b);
+  if (sl_conn_write(c, b) == 0) c->srv->metrics.heartbeats++;
   sl_buf_unref(b);
   c->wrote = 0;
 }
@@ -76,6 +78,7 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
   c->tcp.data = c->timer.data = c->wreq.data = c;
   c->pending_closes = 0;
   c->id = ++srv->next_conn_id;
+  srv->metrics.accepted++;
   c->next = srv->conns;
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
@@ -119,6 +122,7 @@ static void after_write(sl_conn *c);
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
   for (unsigned i = 0; i < c->inflight; i++) sl_buf_unref(c->q[i]);
+  if (status >= 0) c->srv->metrics.bytes_sent += c->inflight_bytes;
   c->queued -= c->inflight_bytes;
   c->qlen -= c->inflight;
   memmove(c->q, c->q + c->inflight, c->qlen * sizeof *c->q);
@@ -218,6 +222,7 @@ static void flush(sl_conn *c) {
       return;
     }
     c->queued -= (size_t)w;
+    c->srv->metrics.bytes_sent += (uint64_t)w;
     size_t rem = (size_t)w;
     unsigned k = 0;
     while (k < n && rem >= bufs[k].len) {
@@ -253,6 +258,7 @@ static int enqueue(sl_conn *c, sl_buf *b, int coalesce) {
   if (c->queued > 0 && c->queued + b->len > limit) {
     sl_warn("conn %llu: closed as a slow consumer (%zu bytes queued)", (unsigned long long)c->id, c->queued);
     sl_conn_ended(c, SL_END_SLOW);
+    c->srv->metrics.slow_disconnects++;
     sl_conn_close(c);
     return -ENOBUFS;
   }
@@ -348,7 +354,10 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
 static int sub_deliver(sl_hub_sub *s, sl_buf *frame) {
   sl_conn *c = s->data;
   int r = sl_conn_queue(c, frame);
-  if (r == 0) c->events++;
+  if (r == 0) {
+    c->events++;
+    c->srv->metrics.events_sent++;
+  }
   if (r == -ENOMEM) {
     sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
     sl_conn_close(c);

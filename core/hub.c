@@ -379,7 +379,10 @@ int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub) {
       continue;
     }
     sub->last_seq = e->seq;
-    if (from_replay) sub->replayed++;
+    if (from_replay) {
+      sub->replayed++;
+      hub->replayed++;
+    }
     /* The held reference goes first, so a subscriber closed by its delivery
      * (and freed) leaves nothing behind; the frame lives on in its queue. */
     sl_buf *frame = sl_buf_ref(e->frame);
@@ -447,6 +450,8 @@ static int subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int 
   sub->holding = held || nes ? 1 : 0;
   link_all(sub, links, cs, ncs);
   free(cs);
+  sub->counted = 1;
+  hub->nsubs++;
   if (!nes) return 0;
   int r = sl_hub_release(hub, sub, es, nes);
   for (int i = 0; i < nes; i++) event_unref(es[i]);
@@ -467,6 +472,7 @@ int sl_hub_subscribe_held(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans,
 }
 
 int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **events, int n) {
+  hub->replays++;
   if (sub->holding == 2) return sl_hub_pump(hub, sub);
   if (n > 0 && queue_replay(sub, events, n)) return -ENOMEM;
   sub->holding = 1;
@@ -477,6 +483,8 @@ int sl_hub_release(sl_hub *hub, sl_hub_sub *sub, sl_hub_event **events, int n) {
 static void unlink_all(sl_hub *hub, sl_hub_sub *sub);
 
 void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
+  if (sub->counted) hub->nsubs--;
+  sub->counted = 0;
   unlink_all(hub, sub);
   drop_held(sub);
 }

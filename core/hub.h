@@ -52,6 +52,7 @@ typedef struct sl_hub_sub {
   unsigned replayed;  /* replay events given so far */
   uint8_t holding;    /* 1 holding; 2 held more than hold_limit: dropped as slow */
   uint8_t paused;     /* its queue filled during the replay: sl_hub_pump once it drains */
+  uint8_t counted;    /* in hub->nsubs */
   void *pending;      /* the engine's replay request for it, if one is under way */
 } sl_hub_sub;
 
@@ -78,6 +79,8 @@ typedef struct sl_hub {
   double ttl;                           /* seconds an event is kept */
   size_t hold_limit;                    /* bytes held for one subscriber awaiting its replay */
   uint64_t published, delivered, dropped_slow;
+  uint64_t replays, replayed;           /* replays given, and the events in them */
+  uint64_t nsubs;                       /* subscribers now */
 } sl_hub;
 
 typedef struct sl_hub_str {

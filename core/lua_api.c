@@ -199,7 +199,10 @@ static int api_send(lua_State *L) {
   sl_conn *c = live_conn(L, 1);
   int r = c ? sl_conn_write(c, b) : -EPIPE;
   sl_buf_unref(b);
-  if (r == 0) c->events++;
+  if (r == 0) {
+    c->events++;
+    c->srv->metrics.events_sent++;
+  }
   return c ? write_result(L, c, r) : fail(L, "closed");
 }
 
@@ -497,8 +500,10 @@ static int api_publish(lua_State *L) {
     return 1;
   }
   char out[256];
-  int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry,
-                         (double)uv_hrtime() / 1e9, out, sizeof out);
+  uint64_t t0 = uv_hrtime();
+  int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry, (double)t0 / 1e9, out,
+                         sizeof out);
+  if (r == 0) sl_hist_observe(&srv->metrics.fanout, (double)(uv_hrtime() - t0) / 1e9);
   if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
   if (r) return fail(L, "out of memory");
   if (id) lua_pushlstring(L, id, idlen);
@@ -760,6 +765,33 @@ static int conn_tostring(lua_State *L) {
   return 1;
 }
 
+/* metrics() -> the table of sluice.metrics() */
+static int api_metrics(lua_State *L) {
+  sl_metrics_push(vm_of(L)->srv, L);
+  return 1;
+}
+
+/* metrics_text() -> the Prometheus text exposition */
+static int api_metrics_text(lua_State *L) {
+  sl_sb sb;
+  sl_sb_init(&sb, 8192);
+  sl_metrics_text(vm_of(L)->srv, &sb);
+  if (sb.failed) {
+    sl_sb_free(&sb);
+    return luaL_error(L, "out of memory");
+  }
+  lua_pushlstring(L, sb.b->data, sb.b->len);
+  sl_sb_free(&sb);
+  return 1;
+}
+
+/* count_error(where): a Lua error the library logged itself */
+static int api_count_error(lua_State *L) {
+  static const char *const wheres[] = {"handler", "generator", "timer", "on_close", NULL};
+  vm_of(L)->srv->metrics.lua_errors[luaL_checkoption(L, 1, NULL, wheres)]++;
+  return 0;
+}
+
 static int open_core(lua_State *L) {
   sl_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
   static const luaL_Reg fns[] = {
@@ -770,6 +802,7 @@ static int open_core(lua_State *L) {
       {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick},
       {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
+      {"metrics", api_metrics}, {"metrics_text", api_metrics_text}, {"count_error", api_count_error},
       {"stat", api_stat},       {"realpath", api_realpath}, {"read_file", api_read_file}, {NULL, NULL}};
   lua_newtable(L);
   lua_pushlightuserdata(L, vm);

@@ -363,7 +363,7 @@ static void gone_in(sl_vm *vm, sl_conn *c) {
     lua_rawget(L, -2);
     lua_remove(L, -2);
   }
-  sl_vm_pcall(L, 1, "on_close hook");
+  if (sl_vm_pcall(L, 1, "on_close hook")) vm->srv->metrics.lua_errors[SL_ERR_ON_CLOSE]++;
 }
 
 void sl_vm_conn_closed(sl_server *srv, sl_conn *c) {

@@ -101,10 +101,12 @@ int sl_reload_now(sl_server *srv) {
   if (r->watch) rewatch(r);
   if (!vm) {
     sl_error("reload of %s failed; the previous script keeps serving: %s", r->script, err);
+    srv->metrics.reloads_failed++;
     return -1;
   }
   sl_vm_activate(vm);
   srv->reloads++;
+  srv->metrics.reloads_ok++;
   sl_info("reloaded %s in %.1f ms", r->script, (double)(uv_hrtime() - t0) / 1e6);
   return 0;
 }

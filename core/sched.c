@@ -136,6 +136,7 @@ void sl_task_resume(sl_task *t, int nargs) {
   }
   if (rc != 0) {
     sl_vm_log_error(co, t->conn ? "handler" : "task");
+    t->vm->srv->metrics.lua_errors[t->conn ? SL_ERR_GENERATOR : SL_ERR_TIMER]++;
     task_end(t, 0);
     return;
   }

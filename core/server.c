@@ -35,6 +35,14 @@ static void on_sweep(uv_timer_t *t) {
 
 static void on_flush(uv_prepare_t *p) { sl_conn_flush_all(p->data); }
 
+/* Every 100 ms: how much later than asked the loop got round to it. */
+static void on_lag(uv_timer_t *t) {
+  sl_server *srv = t->data;
+  uint64_t now = uv_hrtime();
+  if (srv->lag_due) sl_hist_observe(&srv->metrics.loop_lag, now > srv->lag_due ? (double)(now - srv->lag_due) / 1e9 : 0);
+  srv->lag_due = now + 100000000u;
+}
+
 int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
@@ -50,6 +58,10 @@ int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   srv->flusher.data = srv;
   uv_prepare_start(&srv->flusher, on_flush);
   uv_unref((uv_handle_t *)&srv->flusher);
+  uv_timer_init(loop, &srv->lag);
+  srv->lag.data = srv;
+  uv_timer_start(&srv->lag, on_lag, 100, 100);
+  uv_unref((uv_handle_t *)&srv->lag);
   uv_timer_init(loop, &srv->sweep);
   srv->sweep.data = srv;
   uv_timer_start(&srv->sweep, on_sweep, 1000, 1000);
@@ -165,6 +177,7 @@ void sl_server_stop(sl_server *srv) {
   for (int i = 0; i < srv->nlisteners; i++)
     if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) uv_close((uv_handle_t *)&srv->listeners[i], NULL);
   if (!uv_is_closing((uv_handle_t *)&srv->sweep)) uv_close((uv_handle_t *)&srv->sweep, NULL);
+  if (!uv_is_closing((uv_handle_t *)&srv->lag)) uv_close((uv_handle_t *)&srv->lag, NULL);
   /* The signal handlers stay until the drain ends: a second signal cuts it short. */
   /* Drain: each connection closes once what is queued for it is written; streams take
    * no more events. Clients that do not read by the deadline are closed anyway. */

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <uv.h>
 #include "hub.h"
+#include "metrics.h"
 
 struct sl_conn;
 struct sl_vm;
@@ -78,6 +79,9 @@ typedef struct sl_server {
   sl_hub hub;
   struct sl_redis *redis;   /* the Redis engine, when --redis (or configure) gave one */
   sl_hooks hooks;
+  sl_metrics metrics;
+  uv_timer_t lag;          /* measures how late the loop runs a timer */
+  uint64_t lag_due;
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   uv_prepare_t flusher;    /* writes out each turn's queued bytes before the loop waits */

@@ -204,6 +204,18 @@ function _M.subscribers(channel)
   return core.subscribers(channel)
 end
 
+--- sluice.metrics(): the gateway's metrics as a table: name -> number, or a
+-- list of { <labels>..., value = } for metrics with labels.
+_M.metrics = core.metrics
+
+local METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+--- sluice.metrics_handler(): a handler that answers the metrics in the
+-- Prometheus text format: sluice.get("/metrics", sluice.metrics_handler()).
+function _M.metrics_handler()
+  return function() return _M.response(200, core.metrics_text(), { ["Content-Type"] = METRICS_TYPE }) end
+end
+
 --- sluice.stats(): gateway counters (channels, published, delivered, dropped_slow, connections, refused).
 _M.stats = core.stats
 
@@ -393,7 +405,10 @@ local function on_close(conn, fn)
   if core.closed(conn) then
     -- Already gone: run it now so a script's bookkeeping still happens once.
     local ok, err = xpcall(fn, error_trace, conn)
-    if not ok then core.log(0, "on_close hook: " .. err) end
+    if not ok then
+      core.log(0, "on_close hook: " .. err)
+      core.count_error("on_close")
+    end
     return
   end
   local list = hooks[conn]
@@ -416,6 +431,7 @@ function _M._gone(conn)
           .. "is gone; start waiting work with sluice.after(0, fn)\n" .. err
       end
       core.log(0, "on_close hook: " .. err)
+      core.count_error("on_close")
     end
   end
 end
@@ -649,6 +665,7 @@ function _M._dispatch(conn, req)
   local ok, res = xpcall(route.handler, error_trace, req)
   if not ok then
     core.log(0, "handler error in route " .. route.label .. ": " .. res)
+    core.count_error("handler")
     return core.fail(conn)
   end
   return deliver(conn, req, res, cors)
