@@ -46,7 +46,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 
 static void on_header_timeout(uv_timer_t *t) {
   sl_conn *c = t->data;
-  sl_debug("conn %llu: request head not complete in time", (unsigned long long)c->id);
+  sl_debug("conn %llu: request not complete in time", (unsigned long long)c->id);
   sl_conn_close(c);
 }
 

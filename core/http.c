@@ -104,7 +104,8 @@ static int on_headers_complete(llhttp_t *p) {
   sl_conn *c = conn_of(p);
   if ((p->flags & F_CONTENT_LENGTH) && (p->flags & F_TRANSFER_ENCODING)) return reject(p, 400);
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->cfg.max_body) return reject(p, 413);
-  uv_timer_stop(&c->timer);
+  /* The header timer goes on until the body is in too: a body sent a byte at a
+   * time would otherwise hold its connection (and up to max_body) for ever. */
   int has_body = (p->flags & F_TRANSFER_ENCODING) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
   if (has_body && p->http_minor >= 1 && expects_continue(c->req)) {
     /* Tell the client to send the body now rather than after its own wait (curl waits a second). */
@@ -124,6 +125,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 }
 
 static int on_message_complete(llhttp_t *p) {
+  uv_timer_stop(&conn_of(p)->timer);
   conn_of(p)->msg_done = 1;
   /* Pause so pipelined requests wait until this one is answered. */
   return HPE_PAUSED;

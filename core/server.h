@@ -52,7 +52,7 @@ typedef struct sl_config {
   unsigned max_connections;
   size_t max_header;
   size_t max_body;
-  double header_timeout;   /* seconds to send a complete request head */
+  double header_timeout;   /* seconds to send a complete request (head and body) */
   double watchdog;         /* seconds a script may keep the loop busy, 0 = no limit */
   char redis[512];         /* the engine's URL from the script, "" = none */
 } sl_config;

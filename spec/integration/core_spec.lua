@@ -270,6 +270,19 @@ describe("HTTP/1.1", function()
     assert.is_true(c:closed_by_peer(5))
   end)
 
+  it("closes a connection whose body does not arrive in header_timeout (a body sent a byte at a time)", function()
+    local c = s:connect()
+    c:send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    for _ = 1, 3 do -- a byte now and then keeps no request alive past the limit
+      socket.sleep(0.3)
+      c:send("d")
+    end
+    assert.is_true(c:closed_by_peer(5))
+    assert.is_true(socket.gettime() - t0 < 5)
+  end)
+
   it("survives random bytes", function()
     math.randomseed(1234)
     for _ = 1, 50 do
