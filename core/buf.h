@@ -39,4 +39,8 @@ int sl_sb_addf(sl_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2,
 sl_buf *sl_sb_finish(sl_sb *sb);
 void sl_sb_free(sl_sb *sb);
 
+/* The length of the valid UTF-8 sequence at s[0..n) (1 to 4), or 0 if the
+ * bytes there are not one (s[0] must be 0x80 or more). */
+size_t sl_utf8_len(const unsigned char *s, size_t n);
+
 #endif

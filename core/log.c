@@ -1,5 +1,6 @@
 /* log: see log.h. */
 #include "log.h"
+#include "buf.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,17 +50,6 @@ static void addf(line *l, const char *fmt, ...) {
   if (m > 0) l->n += (size_t)m < sizeof l->b - 2 - l->n ? (size_t)m : sizeof l->b - 2 - l->n;
 }
 
-/* The length of the valid UTF-8 sequence at s[0..n), 0 if it is not one. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-  size_t len = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : 0;
-  if (!len || len > n) return 0;
-  for (size_t i = 1; i < len; i++)
-    if ((s[i] & 0xc0) != 0x80) return 0;
-  if (len == 3 && ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0))) return 0;
-  if (len == 4 && ((s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))) return 0;
-  return len;
-}
-
 /* Appends s as a JSON string: quotes, backslashes and control bytes escaped,
  * bytes that are not UTF-8 replaced by U+FFFD (a log shipper must parse it). */
 static void add_json(line *l, const char *s, size_t n) {
@@ -68,7 +58,7 @@ static void add_json(line *l, const char *s, size_t n) {
   for (size_t i = 0; i < n; i++) {
     unsigned char ch = (unsigned char)s[i];
     if (ch >= 0x80) {
-      size_t k = utf8_len((const unsigned char *)s + i, n - i);
+      size_t k = sl_utf8_len((const unsigned char *)s + i, n - i);
       if (k) {
         add(l, s + i, k);
         i += k - 1;

@@ -186,10 +186,18 @@ static void text_sample(emitter *e, const char *name, const char *const *labels,
       if (i) sl_sb_addc(e->sb, ',');
       sl_sb_adds(e->sb, labels[i]);
       sl_sb_adds(e->sb, "=\"");
-      for (const char *p = labels[i + 1]; *p; p++) {
+      /* Label values are UTF-8 with \\, " and newline escaped; a channel name
+       * is whatever a client sent, so other bytes become U+FFFD. */
+      for (const unsigned char *p = (const unsigned char *)labels[i + 1]; *p; p++) {
+        if (*p >= 0x80) {
+          size_t k = sl_utf8_len(p, strlen((const char *)p));
+          if (k) sl_sb_add(e->sb, p, k), p += k - 1;
+          else sl_sb_adds(e->sb, "\xef\xbf\xbd");
+          continue;
+        }
         if (*p == '\\' || *p == '"') sl_sb_addc(e->sb, '\\');
         if (*p == '\n') sl_sb_adds(e->sb, "\\n");
-        else sl_sb_addc(e->sb, *p);
+        else sl_sb_addc(e->sb, (char)*p);
       }
       sl_sb_addc(e->sb, '"');
     }

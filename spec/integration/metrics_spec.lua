@@ -29,7 +29,8 @@ describe("metrics", function()
   teardown(function() s:stop() end)
 
   it("are Prometheus text that promtool accepts, with counters that follow what happens", function()
-    local subs = { s:sse("/sub/news"), s:sse("/sub/news"), s:sse("/sub/other") }
+    -- a channel named with bytes that are not UTF-8, a quote and a newline: still valid metrics
+    local subs = { s:sse("/sub/news"), s:sse("/sub/news"), s:sse("/sub/other"), s:sse("/sub/%FF%22%0A") }
     s:request("POST", "/pub/news", "hello")
     assert.equal(500, s:request("GET", "/boom").status)
     local res = s:request("GET", "/metrics")
@@ -41,13 +42,13 @@ describe("metrics", function()
     os.remove(path)
     assert.is_true(ok, out)
     local text = "\n" .. res.body
-    assert.equal(3, value(text, 'sluice_streams{mode="subscribe"}'))
+    assert.equal(4, value(text, 'sluice_streams{mode="subscribe"}'))
     assert.equal(2, value(text, 'sluice_channel_subscribers{channel="news"}'))
     assert.equal(1, value(text, "sluice_published_total"))
     assert.equal(2, value(text, "sluice_delivered_total"))
     assert.equal(1, value(text, 'sluice_lua_errors_total{where="handler"}'))
     assert.equal(1, value(text, 'sluice_requests_total{method="GET",code="5xx"}'))
-    assert.equal(4, value(text, "sluice_connections")) -- three subscribers and this request
+    assert.equal(5, value(text, "sluice_connections")) -- four subscribers and this request
     assert.is_true(value(text, 'sluice_lua_memory_bytes{state="current"}') > 0)
     assert.is_true(value(text, "sluice_fanout_seconds_count") >= 1)
     -- the same as a table for scripts
