@@ -503,7 +503,7 @@ static int api_publish(lua_State *L) {
   uint64_t t0 = uv_hrtime();
   int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry, (double)t0 / 1e9, out,
                          sizeof out);
-  if (r == 0) sl_hist_observe(&srv->metrics.fanout, (double)(uv_hrtime() - t0) / 1e9);
+  if (r == 0) sl_metrics_published(&srv->metrics, t0);
   if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
   if (r) return fail(L, "out of memory");
   if (id) lua_pushlstring(L, id, idlen);

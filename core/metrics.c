@@ -22,6 +22,17 @@ void sl_hist_observe(sl_hist *h, double s) {
   h->n++;
 }
 
+void sl_metrics_published(sl_metrics *m, uint64_t t0) {
+  /* Past 256 in one turn, the newest stands for the rest (they end together). */
+  if (m->npub < sizeof m->pub_t0 / sizeof *m->pub_t0) m->pub_t0[m->npub++] = t0;
+  else m->pub_t0[m->npub - 1] = t0;
+}
+
+void sl_metrics_written(sl_metrics *m, uint64_t now) {
+  for (unsigned i = 0; i < m->npub; i++) sl_hist_observe(&m->fanout, (double)(now - m->pub_t0[i]) / 1e9);
+  m->npub = 0;
+}
+
 static const char *const method_names[SL_M_N] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"};
 
 int sl_metrics_method(const char *name) {
@@ -160,7 +171,7 @@ static void walk(sl_server *srv, emitter *e) {
     e->sample(e, "sluice_channel_subscribers", l, top[i]->nsubs);
   }
 
-  hist(e, "sluice_fanout_seconds", "Time to queue one event for every local subscriber.", &m->fanout);
+  hist(e, "sluice_fanout_seconds", "Time from a publish until it was written to every local subscriber.", &m->fanout);
   hist(e, "sluice_loop_lag_seconds", "How late a 100 ms timer fires: time the loop was kept busy.", &m->loop_lag);
 
   if (srv->redis) {

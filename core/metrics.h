@@ -28,11 +28,17 @@ typedef struct sl_metrics {
   uint64_t slow_disconnects;
   uint64_t reloads_ok, reloads_failed;
   uint64_t lua_errors[SL_ERR_N];
-  sl_hist fanout;                  /* seconds one publish took to be queued for every local subscriber */
+  sl_hist fanout;                  /* seconds from a publish until it was written to every local subscriber */
+  uint64_t pub_t0[256];            /* publishes of this loop turn, not yet written out (uv_hrtime) */
+  unsigned npub;
   sl_hist loop_lag;                /* seconds a 100 ms timer fired late */
 } sl_metrics;
 
 void sl_hist_observe(sl_hist *h, double seconds);
+/* A publish starts now (t0, uv_hrtime ns); sl_metrics_written ends it once
+ * its writes went out at the end of the loop turn. */
+void sl_metrics_published(sl_metrics *m, uint64_t t0);
+void sl_metrics_written(sl_metrics *m, uint64_t now);
 /* The method index for a method name. */
 int sl_metrics_method(const char *name);
 

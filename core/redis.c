@@ -461,9 +461,8 @@ static void process_message(sl_redis *r, const char *p, size_t len) {
     return;
   sl_hub_str chans[SL_RMSG_MAX_CHANS];
   for (int i = 0; i < m.nchans; i++) chans[i].p = m.chans[i].p, chans[i].len = m.chans[i].len;
-  uint64_t t0 = uv_hrtime();
+  sl_metrics_published(&r->srv->metrics, uv_hrtime());
   sl_hub_dispatch(&r->srv->hub, chans, m.nchans, e, now);
-  sl_hist_observe(&r->srv->metrics.fanout, (double)(uv_hrtime() - t0) / 1e9);
   sl_hub_event_unref(e);
 }
 

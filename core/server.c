@@ -33,7 +33,11 @@ static void on_sweep(uv_timer_t *t) {
   }
 }
 
-static void on_flush(uv_prepare_t *p) { sl_conn_flush_all(p->data); }
+static void on_flush(uv_prepare_t *p) {
+  sl_server *srv = p->data;
+  sl_conn_flush_all(srv);
+  if (srv->metrics.npub) sl_metrics_written(&srv->metrics, uv_hrtime());
+}
 
 /* Every 100 ms: how much later than asked the loop got round to it. */
 static void on_lag(uv_timer_t *t) {
