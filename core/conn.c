@@ -21,7 +21,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void conn_process(sl_conn *c);
 
 static const char *const mode_names[] = {"none", "once", "stream", "subscribe", "raw"};
-static const char *const end_names[] = {NULL, "client", "handler", "script", "slow", "error", "shutdown"};
+static const char *const end_names[] = {NULL, "client", "handler", "script", "slow", "error", "shutdown", "expired"};
 
 static void access_log(sl_conn *c) {
   if (!c->req) return;
@@ -32,6 +32,25 @@ static void access_log(sl_conn *c) {
   sl_log_access(&a);
   int cls = c->status >= 100 && c->status < 600 ? c->status / 100 : 0;
   c->srv->metrics.requests[sl_metrics_method(a.method)][cls]++;
+}
+
+static void on_expiry_closed(uv_handle_t *h) { free(h); }
+
+static void on_expired(uv_timer_t *t) {
+  sl_conn *c = t->data;
+  sl_conn_ended(c, SL_END_EXPIRED);
+  sl_conn_end(c);
+}
+
+int sl_conn_expire_in(sl_conn *c, uint64_t ms) {
+  if (!c->expiry) {
+    c->expiry = malloc(sizeof *c->expiry);
+    if (!c->expiry) return -ENOMEM;
+    uv_timer_init(c->srv->loop, c->expiry);
+    c->expiry->data = c;
+  }
+  uv_timer_start(c->expiry, on_expired, ms, 0);
+  return 0;
 }
 
 void sl_conn_ended(sl_conn *c, int why) {
@@ -471,6 +490,10 @@ void sl_conn_close(sl_conn *c) {
     struct sl_task *t = c->task;
     c->task = NULL;
     if (srv->hooks.cancel) srv->hooks.cancel(t);
+  }
+  if (c->expiry) {
+    uv_close((uv_handle_t *)c->expiry, on_expiry_closed);
+    c->expiry = NULL;
   }
   c->pending_closes = 2;
   uv_close((uv_handle_t *)&c->tcp, on_closed);

@@ -27,7 +27,8 @@ enum sl_conn_state {
 enum sl_conn_mode { SL_MODE_NONE, SL_MODE_ONCE, SL_MODE_STREAM, SL_MODE_SUBSCRIBE, SL_MODE_RAW };
 
 /* Why a stream ended, for its access line. */
-enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL_END_SLOW, SL_END_ERROR, SL_END_SHUTDOWN };
+enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL_END_SLOW, SL_END_ERROR, SL_END_SHUTDOWN,
+                   SL_END_EXPIRED };
 
 typedef struct sl_conn {
   uv_tcp_t tcp;
@@ -53,6 +54,7 @@ typedef struct sl_conn {
   int err_status;            /* set by a parser callback that rejects the request */
   struct sl_task *task;      /* the handler coroutine, if one runs */
   sl_hub_sub *sub;           /* its subscription, if it subscribed */
+  uv_timer_t *expiry;        /* ends the stream at opts.expires_at, if set (allocated then) */
   int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
   const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
   char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
@@ -93,6 +95,8 @@ int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add);
 int sl_conn_kick(struct sl_server *srv, const char *name, size_t len);
 /* Writes out what was queued during this turn of the loop (see mark_dirty). */
 void sl_conn_flush_all(struct sl_server *srv);
+/* Ends the stream in ms milliseconds (a token's expiry). 0 or -ENOMEM. */
+int sl_conn_expire_in(sl_conn *c, uint64_t ms);
 /* Notes why the connection's stream ends (the first cause given is kept). */
 void sl_conn_ended(sl_conn *c, int why);
 /* Closes once everything queued is written. */

@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include "conn.h"
+#include "crypto.h"
 #include "json.h"
 #include "lcopy.h"
 #include "listen.h"
@@ -259,6 +260,22 @@ static int api_fail(lua_State *L) {
 
 /* close(conn): close now-ish: what is queued is still written first */
 static int api_close(lua_State *L) { return end_stream(L, SL_END_SCRIPT); }
+
+/* expire(conn, seconds): ends the stream that many seconds from now */
+static int api_expire(lua_State *L) {
+  sl_conn *c = live_conn(L, 1);
+  double secs = luaL_checknumber(L, 2);
+  if (c && sl_secs_ms(secs) != SL_NEVER && sl_conn_expire_in(c, sl_secs_ms(secs))) return luaL_error(L, "out of memory");
+  return 0;
+}
+
+/* time() -> wall-clock seconds since the epoch (with fractions), for expiry times */
+static int api_time(lua_State *L) {
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  lua_pushnumber(L, (double)tv.tv_sec + tv.tv_usec / 1e6);
+  return 1;
+}
 
 /* closed(conn) */
 static int api_closed(lua_State *L) {
@@ -797,7 +814,7 @@ static int open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"respond", api_respond}, {"start", api_start},     {"encode", api_encode}, {"send", api_send},
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
-      {"closed", api_closed},   {"fail", api_fail},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
+      {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick},
       {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
@@ -873,5 +890,7 @@ void sl_api_open(lua_State *L, sl_vm *vm, const char *script_dir) {
   lua_setfield(L, -2, "sluice.core");
   lua_pushcfunction(L, luaopen_sluice_text);
   lua_setfield(L, -2, "sluice.text");
+  lua_pushcfunction(L, luaopen_sluice_crypto);
+  lua_setfield(L, -2, "sluice.crypto");
   lua_pop(L, 2);
 }

@@ -7,11 +7,19 @@ local _M = {}
 
 local function whole(v) return type(v) == "number" and v >= 0 and v == floor(v) end
 local function nonneg(v) return type(v) == "number" and v >= 0 end
-local function origins(v)
+local function origin_list(v)
   if type(v) == "string" then return true end
   if type(v) ~= "table" then return false end
   for _, o in pairs(v) do if type(o) ~= "string" then return false end end
   return true
+end
+-- an origin, a list, or { origins = one or a list, credentials = true/false }
+local function origins(v)
+  if type(v) == "table" and v.origins ~= nil then
+    for k in pairs(v) do if k ~= "origins" and k ~= "credentials" then return false end end
+    return origin_list(v.origins) and (v.credentials == nil or type(v.credentials) == "boolean")
+  end
+  return origin_list(v)
 end
 
 -- key -> { check, what it must be }
@@ -27,7 +35,7 @@ _M.keys = {
   header_timeout = { nonneg, "a number of seconds" },
   watchdog = { nonneg, "a number of seconds (0 = off)" },
   jit = { function(v) return type(v) == "boolean" end, "true or false" },
-  cors = { origins, "an origin string, \"*\" or a list of origins" },
+  cors = { origins, "an origin string, \"*\", a list of origins, or { origins = ..., credentials = true }" },
   redis = { function(v) return type(v) == "string" and (v:find("^redis://") or v:find("^unix://")) ~= nil end,
     "a redis:// or unix:// URL" },
 }
@@ -56,16 +64,22 @@ function _M.apply(t, set, level)
   end
 end
 
---- The Access-Control-Allow-Origin value for a request's Origin, or nil.
+--- The Access-Control-Allow-Origin value for a request's Origin (or nil), and
+-- whether credentials are allowed. With credentials, "*" is answered with the
+-- request's own origin: browsers refuse "*" on a request with cookies.
 function _M.cors_origin(origin)
-  local allowed = _M.values.cors
+  local allowed, credentials = _M.values.cors, false
   if allowed == nil then return nil end
-  if allowed == "*" then return "*" end
+  if type(allowed) == "table" and allowed.origins ~= nil then
+    allowed, credentials = allowed.origins, allowed.credentials == true
+  end
+  local any = credentials and origin or "*"
+  if allowed == "*" then return any, credentials end
   if origin == nil then return nil end
-  if type(allowed) == "string" then return allowed == origin and origin or nil end
+  if type(allowed) == "string" then return allowed == origin and origin or nil, credentials end
   for _, o in pairs(allowed) do
-    if o == "*" then return "*" end
-    if o == origin then return origin end
+    if o == "*" then return any, credentials end
+    if o == origin then return origin, credentials end
   end
   return nil
 end

@@ -116,9 +116,10 @@ function _M.response(st, body, headers)
   return setmetatable({ status = st, body = body, headers = headers }, Response)
 end
 
-local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true }
-local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true }
-local SUBSCRIBE_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, snapshot = true }
+local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, expires_at = true }
+local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true, expires_at = true }
+local SUBSCRIBE_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, snapshot = true,
+  expires_at = true }
 
 local function check_opts(opts, what, allowed, level)
   if opts == nil then return {} end
@@ -130,6 +131,9 @@ local function check_opts(opts, what, allowed, level)
     error("opts.heartbeat must be a number of seconds (0 = off)", level + 1)
   end
   if opts.on_close ~= nil and type(opts.on_close) ~= "function" then error("opts.on_close must be a function", level + 1) end
+  if opts.expires_at ~= nil and (type(opts.expires_at) ~= "number" or opts.expires_at ~= opts.expires_at) then
+    error("opts.expires_at must be a time in seconds since the epoch", level + 1)
+  end
   if opts.status ~= nil and (type(opts.status) ~= "number" or opts.status < 100 or opts.status > 999 or opts.status % 1 ~= 0) then
     error("opts.status must be an HTTP status", level + 1)
   end
@@ -347,6 +351,18 @@ end
 
 _M.now = core.now
 
+local crypto = require "sluice.crypto"
+--- Hashing, MACs, encodings and tokens, from libcrypto (docs/api.md "Crypto and tokens").
+_M.sha256, _M.hmac_sha256, _M.random_bytes = crypto.sha256, crypto.hmac_sha256, crypto.random_bytes
+_M.base64url_encode, _M.base64url_decode = crypto.base64url_encode, crypto.base64url_decode
+_M.jwt = require "sluice.jwt"
+--- sluice.form.decode(body): an application/x-www-form-urlencoded body as a table
+-- (the rules of req.query: + is a space, a repeated key is a list); nil if malformed.
+_M.form = { decode = function(body)
+  if type(body) ~= "string" then error("sluice.form.decode expects a string", 2) end
+  return router.parse_query(body)
+end }
+
 --- sluice.secure_compare(a, b): string equality in constant time, for tokens and secrets.
 function _M.secure_compare(a, b)
   if type(a) ~= "string" or type(b) ~= "string" then return false end
@@ -515,6 +531,10 @@ local function start_stream(conn, req, opts, heartbeat, extra, mode)
   if extra then headers = merge_headers(headers, extra) end
   local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat, mode, req.route)
   if ok and opts.on_close then on_close(conn, opts.on_close) end
+  if ok and opts.expires_at then
+    -- a token's expiry: the stream ends then (at once if it has passed)
+    core.expire(conn, math.max(0, opts.expires_at - core.time()))
+  end
   if ok and req.method == "HEAD" then c_finish(conn); return nil end
   return ok
 end
@@ -624,22 +644,38 @@ local function plain(conn, st, text, headers)
   c_respond(conn, st, text, headers)
 end
 
+--- The Cookie header as a table (name -> value as sent; the first of a name wins).
+local function parse_cookies(header)
+  local t = {}
+  for pair in header:gmatch("[^;]+") do
+    local k, v = pair:match("^%s*([^=%s]+)%s*=%s*(.-)%s*$")
+    if k and t[k] == nil then
+      if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
+      t[k] = v
+    end
+  end
+  return t
+end
+
 --- Called by the core in a new coroutine for each request.
 function _M._dispatch(conn, req)
   local segs, path = router.split(req.target)
   local query = segs and router.parse_query(req.query_string)
   if not query then return plain(conn, 400, "Bad Request\n") end
-  req.path, req.query = path, query
+  req.path, req.query, req.raw_path = path, query, req.target
+  local cookie = req.headers.cookie
+  if cookie then req.cookies = parse_cookies(cookie) end
   local leid = req.headers["last-event-id"] or query.lastEventId
   if type(leid) == "table" then leid = leid[#leid] end
   req.last_event_id = leid
 
   local cors
   if config.values.cors ~= nil then
-    local origin = config.cors_origin(req.headers.origin)
+    local origin, credentials = config.cors_origin(req.headers.origin)
     if origin then
       cors = { ["Access-Control-Allow-Origin"] = origin }
       if origin ~= "*" then cors["Vary"] = "Origin" end
+      if credentials then cors["Access-Control-Allow-Credentials"] = "true" end
     end
   end
 

@@ -139,6 +139,20 @@ describe("script API", function()
     st:close()
   end)
 
+  it("gives scripts the building blocks of a hub: raw path, cookies, form bodies, hashes, MACs, JWT", function()
+    local token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+    local res = s:request("POST", "/blocks/a%2Fb", "topic=a&topic=b+c&x=%3D", {
+      Cookie = 'mercureAuthorization=abc.def; other="q"; mercureAuthorization=second',
+      Authorization = "Bearer " .. token, ["Content-Type"] = "application/x-www-form-urlencoded" })
+    local t = json.decode(res.body)
+    assert.same({ "/blocks/a%2Fb", "/blocks/a/b" }, { t.raw_path, t.path })
+    assert.same({ mercureAuthorization = "abc.def", other = "q" }, t.cookies)
+    assert.same({ topic = { "a", "b c" }, x = "=" }, t.form)
+    assert.equal("ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0", t.sha)
+    assert.equal(16, t.rnd)
+    assert.equal("John Doe", t.jwt)
+  end)
+
   it("refuses a route for a method the parser does not know, at load time", function()
     local code, err = gw.run({ gw.write_file(gw.tmpname(".lua"),
       "local sluice = require 'sluice'\nsluice.route('FETCH', '/x', function() end)\n") })

@@ -97,6 +97,17 @@ describe("connections and state", function()
     assert.is_true(k2:closed_by_peer(5))
   end)
 
+  it("ends a subscription at opts.expires_at, and says so in its access line", function()
+    local st = s:sse("/expiring/zeta?in=1")
+    gw.wait_for(function() return count("zeta") == 1 end, 5, "the subscriber")
+    post("/pub/zeta", "before")
+    assert.equal("before", st:read_event().data)
+    assert.is_true(st:closed_by_peer(5))
+    gw.wait_for(function() return s:logs():find("GET /expiring/zeta%?in=1 200 [^\n]* ended=expired") end, 5, "the access line")
+    local gone = s:sse("/expiring/zeta?in=-5") -- already expired: it ends at once
+    assert.is_true(gone:closed_by_peer(5))
+  end)
+
   it("lets handlers and generators wait on channels with sluice.listen", function()
     -- a handler that waits: a long poll
     local c = s:connect()

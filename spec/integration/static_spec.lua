@@ -110,4 +110,24 @@ describe("CORS", function()
     c:close()
     t:stop()
   end)
+
+  it("allows credentials when asked: the request's origin instead of \"*\", on preflights too", function()
+    local t = gw.start([[
+      local sluice = require "sluice"
+      sluice.configure { cors = { origins = "*", credentials = true } }
+      sluice.get("/e", function() return "x" end)
+    ]], { source = true })
+    local c = t:sse("/e", { Origin = "http://app.example" })
+    assert.same({ "http://app.example", "true", "Origin" }, { c.headers["access-control-allow-origin"],
+      c.headers["access-control-allow-credentials"], c.headers["vary"] })
+    c:close()
+    local res = t:request("OPTIONS", "/e", nil, { Origin = "http://app.example", ["Access-Control-Request-Method"] = "GET" })
+    assert.same({ 204, "http://app.example", "true" }, { res.status, res.headers["access-control-allow-origin"],
+      res.headers["access-control-allow-credentials"] })
+    t:stop()
+    local code, err = gw.run({ gw.write_file(gw.tmpname(".lua"),
+      "require('sluice').configure { cors = { origins = '*', credentials = 'yes' } }\n") })
+    assert.equal(1, code)
+    assert.matches("configuration key 'cors' must be", err)
+  end)
 end)
