@@ -395,11 +395,18 @@ static void pump(sl_conn *c) {
   }
 }
 
-int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen) {
-  if (c->closing || c->ending) return -EPIPE;
-  if (c->sub) return -EALREADY;
+int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen,
+                      sl_hub_filter *filter) {
+  if (c->closing || c->ending || c->sub) {
+    sl_hub_filter_free(filter);
+    return c->sub ? -EALREADY : -EPIPE;
+  }
   sl_hub_sub *s = calloc(1, sizeof *s);
-  if (!s) return -ENOMEM;
+  if (!s) {
+    sl_hub_filter_free(filter);
+    return -ENOMEM;
+  }
+  s->filter = filter;
   s->deliver = sub_deliver;
   s->data = c;
   double now = (double)uv_hrtime() / 1e9;
@@ -415,6 +422,7 @@ int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *la
     r = sl_hub_subscribe(&c->srv->hub, s, chans, n, last_id, lidlen, now);
   }
   if (r < 0) {
+    sl_hub_filter_free(s->filter);
     free(s);
     return r;
   }
@@ -483,6 +491,7 @@ void sl_conn_close(sl_conn *c) {
   if (c->sub) {
     if (srv->hooks.replay_cancel) srv->hooks.replay_cancel(srv, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);
+    sl_hub_filter_free(c->sub->filter);
     free(c->sub);
     c->sub = NULL;
   }

@@ -36,8 +36,73 @@ int sl_hub_init(sl_hub *hub, uint64_t first_seq, unsigned history, double ttl) {
 static void event_unref(sl_hub_event *e) {
   if (--e->refs == 0) {
     sl_buf_unref(e->frame);
+    free(e->attrs);
     free(e);
   }
+}
+
+int sl_hub_event_attrs(sl_hub_event *e, const sl_hub_str *topics, unsigned n, int priv) {
+  size_t bytes = 0;
+  for (unsigned i = 0; i < n; i++) bytes += topics[i].len;
+  sl_hub_attrs *a = malloc(sizeof *a + n * sizeof *a->topics + bytes);
+  if (!a) return -ENOMEM;
+  a->ntopics = n;
+  a->priv = priv;
+  char *p = (char *)(a->topics + n);
+  for (unsigned i = 0; i < n; i++) {
+    memcpy(p, topics[i].p, topics[i].len);
+    a->topics[i] = (sl_hub_str){p, topics[i].len};
+    p += topics[i].len;
+  }
+  free(e->attrs);
+  e->attrs = a;
+  return 0;
+}
+
+/* Whether one of the matchers m[0..n) selects one of the event's topics. */
+static int selects(sl_matcher *const *m, unsigned n, const sl_hub_attrs *a) {
+  for (unsigned i = 0; i < n; i++)
+    for (unsigned k = 0; a && k < a->ntopics; k++)
+      if (sl_match(m[i], a->topics[k].p, a->topics[k].len)) return 1;
+  return 0;
+}
+
+int sl_hub_wants(const sl_hub_filter *f, const sl_hub_event *e) {
+  const sl_hub_attrs *a = e->attrs;
+  int priv = a && a->priv;
+  if (!f) return !priv;
+  if (f->nmatch && !selects(f->m, f->nmatch, a)) return 0;
+  return !priv || selects(f->m + f->nmatch, f->ngrants, a);
+}
+
+sl_hub_filter *sl_hub_filter_new(const sl_hub_str *match, unsigned nmatch, const sl_hub_str *grants, unsigned ngrants,
+                                 int *bad) {
+  sl_hub_filter *f = calloc(1, sizeof *f);
+  unsigned n = nmatch + ngrants;
+  if (!f || !(f->m = calloc(n ? n : 1, sizeof *f->m))) {
+    free(f);
+    return NULL;
+  }
+  for (unsigned i = 0; i < n; i++) {
+    const sl_hub_str *s = i < nmatch ? &match[i] : &grants[i - nmatch];
+    if (!(f->m[i] = sl_match_compile(s->p, s->len))) {
+      if (bad) *bad = (int)i;
+      f->nmatch = i; /* what was compiled goes */
+      f->ngrants = 0;
+      sl_hub_filter_free(f);
+      return NULL;
+    }
+  }
+  f->nmatch = nmatch;
+  f->ngrants = ngrants;
+  return f;
+}
+
+void sl_hub_filter_free(sl_hub_filter *f) {
+  if (!f) return;
+  for (unsigned i = 0; i < f->nmatch + f->ngrants; i++) sl_match_free(f->m[i]);
+  free(f->m);
+  free(f);
 }
 
 static sl_hub_chan *find(sl_hub *hub, const char *name, size_t len, uint32_t h) {
@@ -165,6 +230,7 @@ int sl_hub_event_new(uint64_t seq, const char *data, size_t len, const char *id,
     return -ENOMEM;
   }
   e->refs = 1;
+  e->attrs = NULL;
   e->seq = seq;
   e->time = now;
   e->frame = frame;
@@ -246,6 +312,7 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
         continue;
       }
       if (s->last_seq >= seq) continue;
+      if ((s->filter || e->attrs) && !sl_hub_wants(s->filter, e)) continue;
       s->last_seq = seq;
       int r = s->deliver(s, e->frame);
       if (r >= 0) hub->delivered++;
@@ -374,7 +441,8 @@ int sl_hub_pump(sl_hub *hub, sl_hub_sub *sub) {
     sl_hub_event *e = h->ev[i];
     int from_replay = i < h->replay_end;
     if (!from_replay) h->bytes -= e->frame->len;
-    if (e->seq <= sub->last_seq) { /* given already (a held event the replay had too) */
+    if (e->seq <= sub->last_seq || ((sub->filter || e->attrs) && !sl_hub_wants(sub->filter, e))) {
+      /* given already (a held event the replay had too), or not for it */
       event_unref(e);
       continue;
     }

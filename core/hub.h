@@ -7,12 +7,35 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "buf.h"
+#include "match.h"
+
+typedef struct sl_hub_str {
+  const char *p;
+  size_t len;
+} sl_hub_str;
+
+/* What a publish can say about an event beyond its channels: the topics it is
+ * about, and whether it is private (only for subscribers granted one of them). */
+typedef struct sl_hub_attrs {
+  unsigned ntopics;
+  int priv;
+  sl_hub_str topics[]; /* their bytes follow the array */
+} sl_hub_attrs;
+
+/* What a subscriber wants of its channels' events: those with a topic that one
+ * of match selects (none: every event that is not private), and, for private
+ * ones, a topic that one of grants selects too. */
+typedef struct sl_hub_filter {
+  unsigned nmatch, ngrants;
+  sl_matcher **m; /* nmatch selectors, then ngrants grants */
+} sl_hub_filter;
 
 typedef struct sl_hub_event {
   unsigned refs;
   uint64_t seq;   /* publish order, gateway-wide */
   double time;    /* when it was published, for history_ttl */
   sl_buf *frame;  /* the event as it goes on the wire */
+  sl_hub_attrs *attrs; /* topics and privacy, NULL if none */
   size_t idlen;
   char id[];
 } sl_hub_event;
@@ -54,6 +77,7 @@ typedef struct sl_hub_sub {
   uint8_t paused;     /* its queue filled during the replay: sl_hub_pump once it drains */
   uint8_t counted;    /* in hub->nsubs */
   void *pending;      /* the engine's replay request for it, if one is under way */
+  sl_hub_filter *filter; /* which events it wants, NULL: all but private ones (the caller owns it) */
 } sl_hub_sub;
 
 typedef struct sl_hub_chan {
@@ -83,11 +107,6 @@ typedef struct sl_hub {
   uint64_t nsubs;                       /* subscribers now */
 } sl_hub;
 
-typedef struct sl_hub_str {
-  const char *p;
-  size_t len;
-} sl_hub_str;
-
 /* first_seq: the first id the hub hands out (ids keep increasing across restarts
  * when it is taken from the clock). */
 int sl_hub_init(sl_hub *hub, uint64_t first_seq, unsigned history, double ttl);
@@ -105,6 +124,15 @@ int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data
 int sl_hub_event_new(uint64_t seq, const char *data, size_t len, const char *id, size_t idlen, const char *event,
                      size_t evlen, long long retry, double now, sl_hub_event **out);
 void sl_hub_event_unref(sl_hub_event *e);
+/* Gives e topics (copied) and privacy. 0 or -ENOMEM. */
+int sl_hub_event_attrs(sl_hub_event *e, const sl_hub_str *topics, unsigned n, int priv);
+/* Whether a subscriber with filter f (NULL: none) is to get e. */
+int sl_hub_wants(const sl_hub_filter *f, const sl_hub_event *e);
+/* A filter from selectors and grants; NULL if out of memory or a selector is
+ * malformed (*bad, if given, is then its index: match first, then grants). */
+sl_hub_filter *sl_hub_filter_new(const sl_hub_str *match, unsigned nmatch, const sl_hub_str *grants, unsigned ngrants,
+                                 int *bad);
+void sl_hub_filter_free(sl_hub_filter *f);
 /* Keeps e in the channels' history and gives it to their subscribers, once
  * each; ids after it are numbered from e->seq + 1. For events numbered
  * elsewhere (the Redis engine), in increasing seq order. */

@@ -443,16 +443,56 @@ static int api_previous_state(lua_State *L) {
   return 1;
 }
 
-/* subscribe(conn, channels, last_event_id) -> replayed count, or nil, "closed" */
+/* The strings of the list at idx (checked by the Lua library) as a new array
+ * (free it); their count in *n. Lua keeps the strings alive. */
+static sl_hub_str *string_list(lua_State *L, int idx, unsigned *n) {
+  *n = lua_istable(L, idx) ? (unsigned)lua_objlen(L, idx) : 0;
+  sl_hub_str *out = malloc((*n ? *n : 1) * sizeof *out);
+  if (!out) luaL_error(L, "out of memory");
+  for (unsigned i = 0; i < *n; i++) {
+    lua_rawgeti(L, idx, (int)i + 1);
+    out[i].p = lua_tolstring(L, -1, &out[i].len);
+    lua_pop(L, 1);
+    if (!out[i].p) out[i].p = "", out[i].len = 0;
+  }
+  return out;
+}
+
+/* selector_ok(s) -> whether s compiles as a topic selector */
+static int api_selector_ok(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  sl_matcher *m = sl_match_compile(s, n);
+  lua_pushboolean(L, m != NULL);
+  sl_match_free(m);
+  return 1;
+}
+
+/* subscribe(conn, channels, last_event_id, match, grants) -> replayed count, or nil, "closed" */
 static int api_subscribe(lua_State *L) {
   check_ud(L, 1);
   sl_hub_str chans[SL_MAX_CHANNELS];
   int n = channel_list(L, 2, chans);
   size_t lidlen = 0;
   const char *lid = luaL_optlstring(L, 3, NULL, &lidlen);
+  sl_hub_filter *filter = NULL;
+  if (lua_istable(L, 4) || lua_istable(L, 5)) {
+    unsigned nm, ng;
+    sl_hub_str *m = string_list(L, 4, &nm), *g = string_list(L, 5, &ng);
+    int bad = -1;
+    filter = sl_hub_filter_new(m, nm, g, ng, &bad);
+    sl_hub_str badsel = bad < 0 ? (sl_hub_str){NULL, 0} : bad < (int)nm ? m[bad] : g[bad - (int)nm];
+    free(m);
+    free(g);
+    if (!filter && badsel.p) return luaL_error(L, "bad topic selector '%s' (an unclosed '{'?)", badsel.p);
+    if (!filter) return fail(L, "out of memory");
+  }
   sl_conn *c = live_conn(L, 1);
-  if (!c) return fail(L, "closed");
-  int r = sl_conn_subscribe(c, chans, n, lid, lidlen);
+  if (!c) {
+    sl_hub_filter_free(filter);
+    return fail(L, "closed");
+  }
+  int r = sl_conn_subscribe(c, chans, n, lid, lidlen, filter);
   if (r == -EALREADY) return luaL_error(L, "the connection is already subscribed");
   if (r == -ENOMEM) return fail(L, "out of memory");
   if (r < 0) return fail(L, "closed");
@@ -494,6 +534,27 @@ static int api_publish(lua_State *L) {
   const char *ev = luaL_optlstring(L, 4, NULL, &evlen);
   long long retry = opt_retry(L, 5, -1);
   sl_server *srv = vm_of(L)->srv;
+  if (!lua_isnoneornil(L, 6) || lua_toboolean(L, 7)) {
+    /* Topics and privacy (filtered subscriptions): the embedded hub. */
+    if (srv->redis) return luaL_error(L, "sluice.publish: topics and private are not carried through Redis yet");
+    unsigned nt;
+    sl_hub_str *topics = string_list(L, 6, &nt);
+    uint64_t t0 = uv_hrtime();
+    sl_hub_event *e;
+    int r = sl_hub_event_new(srv->hub.next_seq, data, len, id, idlen, ev, evlen, retry, (double)t0 / 1e9, &e);
+    if (r == 0 && sl_hub_event_attrs(e, topics, nt, lua_toboolean(L, 7))) {
+      sl_hub_event_unref(e);
+      r = -ENOMEM;
+    }
+    free(topics);
+    if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
+    if (r) return fail(L, "out of memory");
+    sl_hub_dispatch(&srv->hub, chans, n, e, (double)t0 / 1e9);
+    sl_metrics_published(&srv->metrics, t0);
+    lua_pushlstring(L, e->id, e->idlen);
+    sl_hub_event_unref(e);
+    return 1;
+  }
   if (srv->redis) {
     if (id && sl_sse_check_field(id, idlen)) return luaL_error(L, "event id may not contain CR, LF or NUL");
     if (ev && sl_sse_check_field(ev, evlen)) return luaL_error(L, "event name may not contain CR, LF or NUL");
@@ -816,7 +877,7 @@ static int open_core(lua_State *L) {
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
-      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick},
+      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok},
       {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
       {"metrics", api_metrics}, {"metrics_text", api_metrics_text}, {"count_error", api_count_error},

@@ -225,6 +225,33 @@ int main(void) {
   sl_hub_unsubscribe(&h, &r.sub);
   sl_hub_free(&h);
 
+  /* Filters: selectors and grants against an event's topics; private events
+   * only where granted; events without topics only for unfiltered subscribers. */
+  {
+    sl_hub_event *e;
+    CHECK(sl_hub_event_new(7, "d", 1, NULL, 0, NULL, 0, -1, 1, &e) == 0);
+    sl_hub_str match[] = {S("https://x/books/{id}")}, grants[] = {S("https://x/books/1")};
+    sl_hub_filter *f = sl_hub_filter_new(match, 1, NULL, 0, NULL);
+    sl_hub_filter *g = sl_hub_filter_new(match, 1, grants, 1, NULL);
+    CHECK(f && g);
+    CHECK(sl_hub_wants(NULL, e) && !sl_hub_wants(f, e)); /* no topics */
+    sl_hub_str t1[] = {S("https://x/books/1")}, t2[] = {S("https://x/authors/1"), S("https://x/books/2")};
+    CHECK(sl_hub_event_attrs(e, t1, 1, 0) == 0);
+    CHECK(sl_hub_wants(NULL, e) && sl_hub_wants(f, e) && sl_hub_wants(g, e));
+    CHECK(sl_hub_event_attrs(e, t2, 2, 0) == 0);
+    CHECK(sl_hub_wants(f, e)); /* the second topic matches */
+    CHECK(sl_hub_event_attrs(e, t2, 2, 1) == 0);
+    CHECK(!sl_hub_wants(NULL, e) && !sl_hub_wants(f, e) && !sl_hub_wants(g, e)); /* private, books/2 not granted */
+    CHECK(sl_hub_event_attrs(e, t1, 1, 1) == 0);
+    CHECK(!sl_hub_wants(f, e) && sl_hub_wants(g, e));
+    int bad = -1;
+    sl_hub_str broken[] = {S("ok"), S("https://x/{id")};
+    CHECK(sl_hub_filter_new(broken, 2, NULL, 0, &bad) == NULL && bad == 1);
+    sl_hub_filter_free(f);
+    sl_hub_filter_free(g);
+    sl_hub_event_unref(e);
+  }
+
   /* Events numbered elsewhere (the Redis engine): a held subscriber gets its
    * replay, then what arrived meanwhile, each once and in order; later ids
    * continue after the newest dispatched. */

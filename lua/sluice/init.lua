@@ -119,7 +119,7 @@ end
 local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, expires_at = true }
 local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true, expires_at = true }
 local SUBSCRIBE_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, snapshot = true,
-  expires_at = true }
+  expires_at = true, match = true, grants = true, last_event_id = true }
 
 local function check_opts(opts, what, allowed, level)
   if opts == nil then return {} end
@@ -171,10 +171,33 @@ local function channel_list(channels, what, level)
   return channels
 end
 
+--- A string or a list of strings as a list (topics, selectors, grants); raises naming what.
+local function string_list(v, what, level)
+  if type(v) == "string" then return { v } end
+  if type(v) ~= "table" then error(what .. " must be a string or a list of strings", level + 1) end
+  for i = 1, #v do
+    if type(v[i]) ~= "string" then error(what .. " must be a string or a list of strings", level + 1) end
+  end
+  return v
+end
+
 --- sluice.subscribe(channels, opts): the connection receives every event published to them.
 function _M.subscribe(channels, opts)
   channels = channel_list(channels, "sluice.subscribe", 2)
   opts = check_opts(opts, "sluice.subscribe", SUBSCRIBE_KEYS, 2)
+  for _, k in ipairs { "match", "grants" } do
+    if opts[k] ~= nil then
+      opts[k] = string_list(opts[k], "sluice.subscribe: " .. k, 2)
+      for _, sel in ipairs(opts[k]) do
+        if not core.selector_ok(sel) then error("sluice.subscribe: bad topic selector '" .. sel .. "'", 2) end
+      end
+    end
+  end
+  local lid = opts.last_event_id
+  if lid ~= nil and type(lid) ~= "string" and type(lid) ~= "number" then
+    error("sluice.subscribe: last_event_id must be a string or a number", 2)
+  end
+  if type(lid) == "number" then opts.last_event_id = number(lid) end
   if opts.snapshot ~= nil and getmetatable(opts.snapshot) ~= Message and not to_data(opts.snapshot) then
     error("sluice.subscribe: opts.snapshot must be a string, number, table or sluice.message", 2)
   end
@@ -191,15 +214,27 @@ end
 --- sluice.publish(channels, data, opts): one event to every subscriber of the channels; returns its id.
 function _M.publish(channels, data, opts)
   channels = channel_list(channels, "sluice.publish", 2)
+  local topics, private
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("sluice.publish options must be a table", 2) end
+    if opts.topics ~= nil or opts.private ~= nil then
+      -- the event's attributes for filtered subscriptions; the rest are message fields
+      topics, private = opts.topics, opts.private
+      if topics ~= nil then topics = string_list(topics, "sluice.publish: topics", 2) end
+      if private ~= nil and type(private) ~= "boolean" then error("sluice.publish: private must be a boolean", 2) end
+      local rest = {}
+      for k, v in pairs(opts) do if k ~= "topics" and k ~= "private" then rest[k] = v end end
+      opts = next(rest) and rest or nil
+    end
+  end
   if getmetatable(data) == Message then
-    return published(core.publish(channels, data.data, data.id, data.event, data.retry))
+    return published(core.publish(channels, data.data, data.id, data.event, data.retry, topics, private))
   end
   local text, why = to_data(data)
   if not text then error("sluice.publish cannot send " .. why, 2) end
-  if opts == nil then return published(core.publish(channels, text)) end
-  if type(opts) ~= "table" then error("sluice.publish options must be a table", 2) end
+  if opts == nil then return published(core.publish(channels, text, nil, nil, nil, topics, private)) end
   local m = event.message(text, opts, "sluice.publish")
-  return published(core.publish(channels, m.data, m.id, m.event, m.retry))
+  return published(core.publish(channels, m.data, m.id, m.event, m.retry, topics, private))
 end
 
 --- sluice.subscribers(channel): how many connections are subscribed to it now.
@@ -602,7 +637,9 @@ function modes.subscribe(conn, req, m, cors)
   -- The snapshot goes out before any replayed or live event, in the same turn
   -- of the loop as the subscription: nothing published in between is missed.
   if m.opts.snapshot ~= nil and not send_value(conn, m.opts.snapshot) then return end
-  if core.subscribe(conn, m.value, req.last_event_id) and not hooks[conn] then
+  local lid = m.opts.last_event_id
+  if lid == nil then lid = req.last_event_id end
+  if core.subscribe(conn, m.value, lid, m.opts.match, m.opts.grants) and not hooks[conn] then
     -- The hub alone serves it from now on: the script (and its state, after a reload) can let go.
     core.release(conn)
   end

@@ -108,6 +108,48 @@ describe("connections and state", function()
     assert.is_true(gone:closed_by_peer(5))
   end)
 
+  it("filters subscriptions by topic selectors and grants, live and on replay", function()
+    local function esc(s) return (s:gsub("[^%w%-_.]", function(ch) return ("%%%02X"):format(ch:byte()) end)) end
+    local function sub(q) return s:sse("/filtered/hub?" .. q) end
+    local book1 = "https://example.com/books/1"
+    local exact = sub("match=" .. esc(book1))
+    local tmpl = sub("match=" .. esc("https://example.com/books/{id}"))
+    local glob = sub("match=" .. esc("https://example.com/*"))
+    local granted = sub("match=*&grant=" .. esc("https://example.com/books/{id}"))
+    local plain = s:sse("/sub/hub") -- no filter: every event that is not private
+    gw.wait_for(function() return count("hub") == 5 end, 5, "five subscribers")
+    local function pub(topics, body, private)
+      local q = {}
+      for _, t in ipairs(topics) do q[#q + 1] = "topic=" .. esc(t) end
+      if private then q[#q + 1] = "private=1" end
+      return post("/pubt/hub?" .. table.concat(q, "&"), body).body
+    end
+    local first = pub({ book1 }, "one")
+    pub({ "https://example.com/books/2" }, "two")
+    pub({ "https://example.com/authors/9" }, "author")
+    pub({ "https://example.com/books/3", "https://example.org/x" }, "secret", true)
+    post("/pub/hub", "untagged")
+    local function got(c, n)
+      local out = {}
+      for i = 1, n do out[i] = assert(c:read_event()).data end
+      return out
+    end
+    assert.same({ "one" }, got(exact, 1))
+    assert.same({ "one", "two" }, got(tmpl, 2))
+    assert.same({ "one", "two", "author" }, got(glob, 3))
+    assert.same({ "one", "two", "author", "secret" }, got(granted, 4))
+    assert.same({ "one", "two", "author", "untagged" }, got(plain, 4))
+    -- nothing more arrived for the narrow ones: the next event they get is the next they match
+    pub({ book1 }, "again")
+    assert.equal("again", assert(exact:read_event()).data)
+    -- replay after an id, through the same filter (opts.last_event_id)
+    local late = sub("match=" .. esc("https://example.com/books/{id}") .. "&last=" .. first)
+    assert.same({ "two", "again" }, got(late, 2))
+    -- a malformed template is refused
+    assert.equal(500, s:request("GET", "/filtered/hub?match=" .. esc("https://example.com/{id")).status)
+    for _, c in ipairs { exact, tmpl, glob, granted, plain, late } do c:close() end
+  end)
+
   it("lets handlers and generators wait on channels with sluice.listen", function()
     -- a handler that waits: a long poll
     local c = s:connect()

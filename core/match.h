@@ -1,0 +1,20 @@
+/* match: topic selectors, compiled once and matched against event topics:
+ * an exact topic, "*" (every topic), a glob ("*" in it: any run of
+ * characters) or a URI template (RFC 6570, as Mercure's subscriptions use
+ * them: "{" in it). Pure C: no loop, no Lua. */
+#ifndef SL_MATCH_H
+#define SL_MATCH_H
+#include <stddef.h>
+
+typedef struct sl_matcher sl_matcher;
+
+/* Compiles a selector; NULL if out of memory or the template is malformed
+ * (an unclosed "{", an unknown operator). */
+sl_matcher *sl_match_compile(const char *sel, size_t len);
+void sl_match_free(sl_matcher *m);
+/* Whether the topic matches. */
+int sl_match(const sl_matcher *m, const char *topic, size_t len);
+/* Whether the selector is a plain topic (matched by equality). */
+int sl_match_is_exact(const sl_matcher *m);
+
+#endif
