@@ -2,7 +2,10 @@
  * events they receive. With -L, each event's data must start with the publish
  * time (CLOCK_MONOTONIC nanoseconds) and the delivery latency is reported.
  *
- *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L] [-G]
+ *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L] [-G] [-K SHAPES]
+ *
+ * With -K, a "%d" in PATH becomes the connection's number modulo SHAPES, so
+ * that connections ask for SHAPES different subscriptions.
  *
  * With -G, every event must carry a numeric id one more than the one before on
  * the same connection; each break is counted as a gap.
@@ -26,11 +29,12 @@ typedef struct client {
   char line[64]; /* the start of the current line */
   int linelen;
   unsigned long long last_id; /* for -G */
+  char *req;                  /* its own request, with -K */
 } client;
 
 static struct {
   const char *path;
-  int port, n, concurrent, latency, gapcheck;
+  int port, n, concurrent, latency, gapcheck, shapes;
   uint64_t gaps;
   double duration;
   int started, connected, failed, inflight_connects, ready_said;
@@ -135,7 +139,14 @@ static void on_connect(uv_connect_t *r, int status) {
     uv_close((uv_handle_t *)&c->tcp, NULL);
   } else {
     c->state = 1;
-    uv_buf_t b = uv_buf_init(g.req, (unsigned)strlen(g.req));
+    if (g.shapes && !c->req) {
+      char path[400];
+      snprintf(path, sizeof path, g.path, (int)((c - g.clients) % g.shapes));
+      c->req = malloc(512);
+      snprintf(c->req, 512, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n", path);
+    }
+    char *req = c->req ? c->req : g.req;
+    uv_buf_t b = uv_buf_init(req, (unsigned)strlen(req));
     uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
   }
@@ -188,7 +199,7 @@ int main(int argc, char **argv) {
   g.duration = 10;
   g.concurrent = 200;
   int ch;
-  while ((ch = getopt(argc, argv, "p:P:n:d:c:LG")) != -1) {
+  while ((ch = getopt(argc, argv, "p:P:n:d:c:LGK:")) != -1) {
     switch (ch) {
       case 'p': g.port = atoi(optarg); break;
       case 'P': g.path = optarg; break;
@@ -197,7 +208,10 @@ int main(int argc, char **argv) {
       case 'c': g.concurrent = atoi(optarg); break;
       case 'L': g.latency = 1; break;
       case 'G': g.gapcheck = 1; break;
-      default: fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L] [-G]\n"); return 2;
+      case 'K': g.shapes = atoi(optarg); break;
+      default:
+        fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L] [-G] [-K SHAPES]\n");
+        return 2;
     }
   }
   if (!g.port) {
