@@ -297,6 +297,9 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
   uint64_t seq = e->seq;
   if (seq >= hub->next_seq) hub->next_seq = seq + 1;
   hub->published++;
+  e->refs++;
+  if (hub->last) event_unref(hub->last);
+  hub->last = e;
   for (int i = 0; i < n; i++) {
     sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
     if (!c) continue;
@@ -643,6 +646,8 @@ void sl_hub_sweep(sl_hub *hub, double now) {
 }
 
 void sl_hub_free(sl_hub *hub) {
+  if (hub->last) event_unref(hub->last);
+  hub->last = NULL;
   for (size_t i = 0; i < hub->nbuckets; i++) {
     for (sl_hub_chan *c = hub->buckets[i], *next; c; c = next) {
       next = c->hnext;

@@ -105,6 +105,7 @@ typedef struct sl_hub {
   uint64_t published, delivered, dropped_slow;
   uint64_t replays, replayed;           /* replays given, and the events in them */
   uint64_t nsubs;                       /* subscribers now */
+  sl_hub_event *last;                   /* the newest event dispatched (a reference), NULL if none */
 } sl_hub;
 
 /* first_seq: the first id the hub hands out (ids keep increasing across restarts

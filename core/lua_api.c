@@ -589,6 +589,14 @@ static int api_publish(lua_State *L) {
   return 1;
 }
 
+/* last_event_id() -> the id of the newest event published on this node, or nil */
+static int api_last_event_id(lua_State *L) {
+  sl_hub_event *e = vm_of(L)->srv->hub.last;
+  if (!e) return 0;
+  lua_pushlstring(L, e->id, e->idlen);
+  return 1;
+}
+
 /* subscribers(channel) -> count */
 static int api_subscribers(lua_State *L) {
   size_t len;
@@ -877,7 +885,7 @@ static int open_core(lua_State *L) {
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
-      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok},
+      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok}, {"last_event_id", api_last_event_id},
       {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
       {"metrics", api_metrics}, {"metrics_text", api_metrics_text}, {"count_error", api_count_error},

@@ -237,6 +237,10 @@ function _M.publish(channels, data, opts)
   return published(core.publish(channels, m.data, m.id, m.event, m.retry, topics, private))
 end
 
+--- sluice.last_event_id(): the id of the newest event published (on this node), or nil:
+-- what a hub tells a subscriber it starts from (Mercure's Last-Event-ID response header).
+_M.last_event_id = core.last_event_id
+
 --- sluice.subscribers(channel): how many connections are subscribed to it now.
 function _M.subscribers(channel)
   if type(channel) ~= "string" then error("sluice.subscribers expects a channel name", 2) end

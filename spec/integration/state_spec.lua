@@ -140,7 +140,8 @@ describe("connections and state", function()
     assert.same({ "one", "two", "author", "secret" }, got(granted, 4))
     assert.same({ "one", "two", "author", "untagged" }, got(plain, 4))
     -- nothing more arrived for the narrow ones: the next event they get is the next they match
-    pub({ book1 }, "again")
+    local again = pub({ book1 }, "again")
+    assert.equal(again, get("/last").body) -- sluice.last_event_id(): the newest event's id
     assert.equal("again", assert(exact:read_event()).data)
     -- replay after an id, through the same filter (opts.last_event_id)
     local late = sub("match=" .. esc("https://example.com/books/{id}") .. "&last=" .. first)
