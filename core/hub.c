@@ -172,8 +172,148 @@ static void trim_expired(sl_hub *hub, sl_hub_chan *c, double now) {
 }
 
 /* Frees a channel that has neither subscribers nor history. */
+/* ---- the topic index of a channel: exact selectors -> their subscribers ----
+ * A subscriber whose selectors are all exact topics is found by looking its
+ * topics up when an event has topics, instead of checking it on every publish.
+ * It stays linked in the channel's list too (counts, kicks, replay), which the
+ * publish walk skips for it. Empty entries are freed when no publish walks the
+ * channel. */
+
+typedef struct tnode {
+  struct tnode *next;
+  uint32_t hash;
+  unsigned n, cap;
+  sl_hub_sub **subs;
+  size_t len;
+  char topic[];
+} tnode;
+
+typedef struct sl_hub_topics {
+  tnode **b;
+  unsigned nb, nodes;
+  int empties; /* some entries have no subscriber left */
+} sl_hub_topics;
+
+static tnode *ix_find(sl_hub_topics *ix, const char *t, size_t len, uint32_t h) {
+  if (!ix) return NULL;
+  for (tnode *n = ix->b[h & (ix->nb - 1)]; n; n = n->next)
+    if (n->hash == h && n->len == len && memcmp(n->topic, t, len) == 0) return n;
+  return NULL;
+}
+
+static int ix_add(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s) {
+  if (!c->ix) {
+    if (!(c->ix = calloc(1, sizeof *c->ix)) || !(c->ix->b = calloc(16, sizeof *c->ix->b))) {
+      free(c->ix);
+      c->ix = NULL;
+      return -ENOMEM;
+    }
+    c->ix->nb = 16;
+  }
+  sl_hub_topics *ix = c->ix;
+  uint32_t h = hash_of(t, len);
+  tnode *n = ix_find(ix, t, len, h);
+  if (!n) {
+    if (ix->nodes >= ix->nb * 2) { /* grow */
+      unsigned nb = ix->nb * 2;
+      tnode **b = calloc(nb, sizeof *b);
+      if (!b) return -ENOMEM;
+      for (unsigned i = 0; i < ix->nb; i++)
+        for (tnode *x = ix->b[i], *next; x; x = next) {
+          next = x->next;
+          x->next = b[x->hash & (nb - 1)];
+          b[x->hash & (nb - 1)] = x;
+        }
+      free(ix->b);
+      ix->b = b;
+      ix->nb = nb;
+    }
+    if (!(n = calloc(1, sizeof *n + len))) return -ENOMEM;
+    n->hash = h;
+    n->len = len;
+    memcpy(n->topic, t, len);
+    n->next = ix->b[h & (ix->nb - 1)];
+    ix->b[h & (ix->nb - 1)] = n;
+    ix->nodes++;
+  }
+  if (n->n == n->cap) {
+    unsigned cap = n->cap ? n->cap * 2 : 4;
+    sl_hub_sub **subs = realloc(n->subs, cap * sizeof *subs);
+    if (!subs) return -ENOMEM;
+    n->subs = subs;
+    n->cap = cap;
+  }
+  n->subs[n->n++] = s;
+  return 0;
+}
+
+static void ix_sweep(sl_hub_topics *ix) {
+  for (unsigned i = 0; i < ix->nb; i++)
+    for (tnode **pp = &ix->b[i]; *pp;) {
+      tnode *n = *pp;
+      if (n->n) {
+        pp = &n->next;
+        continue;
+      }
+      *pp = n->next;
+      free(n->subs);
+      free(n);
+      ix->nodes--;
+    }
+  ix->empties = 0;
+}
+
+static void ix_del(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s) {
+  tnode *n = ix_find(c->ix, t, len, hash_of(t, len));
+  if (!n) return;
+  for (unsigned i = 0; i < n->n; i++)
+    if (n->subs[i] == s) {
+      n->subs[i] = n->subs[--n->n]; /* a walk over it goes backwards: nothing is skipped */
+      break;
+    }
+  if (!n->n) {
+    c->ix->empties = 1;
+    if (!c->busy) ix_sweep(c->ix);
+  }
+}
+
+static void ix_free(sl_hub_chan *c) {
+  if (!c->ix) return;
+  for (unsigned i = 0; i < c->ix->nb; i++)
+    for (tnode *n = c->ix->b[i], *next; n; n = next) {
+      next = n->next;
+      free(n->subs);
+      free(n);
+    }
+  free(c->ix->b);
+  free(c->ix);
+  c->ix = NULL;
+}
+
+/* Whether the subscriber can be found through the index: exact selectors only. */
+static int indexable(const sl_hub_sub *s) {
+  const sl_hub_filter *f = s->filter;
+  if (!f || !f->nmatch) return 0;
+  for (unsigned i = 0; i < f->nmatch; i++)
+    if (!sl_match_is_exact(f->m[i])) return 0;
+  return 1;
+}
+
+/* Adds (add) or removes the subscriber's topics in the indexes of its channels. */
+static int index_sub(sl_hub_sub *s, int add) {
+  for (unsigned i = 0; i < s->nlinks; i++)
+    for (unsigned k = 0; k < s->filter->nmatch; k++) {
+      size_t len;
+      const char *t = sl_match_text(s->filter->m[k], &len);
+      if (!add) ix_del(s->links[i].chan, t, len, s);
+      else if (ix_add(s->links[i].chan, t, len, s)) return -ENOMEM;
+    }
+  return 0;
+}
+
 static void maybe_free(sl_hub *hub, sl_hub_chan *c) {
   if (c->nsubs || c->count || c->busy) return;
+  ix_free(c);
   publist_remove(hub, c);
   sl_hub_chan **pp = &hub->buckets[c->hash & (hub->nbuckets - 1)];
   while (*pp != c) pp = &(*pp)->hnext;
@@ -293,6 +433,20 @@ static void hold(sl_hub *hub, sl_hub_sub *s, sl_hub_event *e) {
   }
 }
 
+/* Gives e to one subscriber if it wants it and has not had it (held while its replay is under way). */
+static void offer(sl_hub *hub, sl_hub_sub *s, sl_hub_event *e) {
+  if (s->holding) {
+    hold(hub, s, e);
+    return;
+  }
+  if (s->last_seq >= e->seq) return;
+  if ((s->filter || e->attrs) && !sl_hub_wants(s->filter, e)) return;
+  s->last_seq = e->seq;
+  int r = s->deliver(s, e->frame);
+  if (r >= 0) hub->delivered++;
+  else if (r == -ENOBUFS) hub->dropped_slow++; /* a closing one is not slow */
+}
+
 void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *e, double now) {
   uint64_t seq = e->seq;
   if (seq >= hub->next_seq) hub->next_seq = seq + 1;
@@ -309,19 +463,17 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
     /* Take the next link first: a slow subscriber that is dropped removes only its own links. */
     for (sl_hub_link *l = c->subs, *next; l; l = next) {
       next = l->next;
-      sl_hub_sub *s = l->sub;
-      if (s->holding) {
-        hold(hub, s, e);
-        continue;
-      }
-      if (s->last_seq >= seq) continue;
-      if ((s->filter || e->attrs) && !sl_hub_wants(s->filter, e)) continue;
-      s->last_seq = seq;
-      int r = s->deliver(s, e->frame);
-      if (r >= 0) hub->delivered++;
-      else if (r == -ENOBUFS) hub->dropped_slow++; /* a closing one is not slow */
+      offer(hub, l->sub, e);
+    }
+    /* The subscribers that select exact topics: those of the event's topics. */
+    for (unsigned t = 0; c->ix && e->attrs && t < e->attrs->ntopics; t++) {
+      const sl_hub_str *topic = &e->attrs->topics[t];
+      tnode *node = ix_find(c->ix, topic->p, topic->len, hash_of(topic->p, topic->len));
+      for (unsigned k = node ? node->n : 0; k-- > 0;)
+        if (k < node->n) offer(hub, node->subs[k], e);
     }
     c->busy--;
+    if (!c->busy && c->ix && c->ix->empties) ix_sweep(c->ix);
     maybe_free(hub, c);
   }
 }
@@ -382,16 +534,29 @@ static int resolve(sl_hub *hub, const sl_hub_str *chans, int n, double now, sl_h
 
 static void link_all(sl_hub_sub *sub, sl_hub_link *links, sl_hub_chan **cs, int ncs) {
   for (int i = 0; i < ncs; i++) {
-    sl_hub_link *l = &links[i];
-    l->chan = cs[i];
-    l->sub = sub;
-    l->next = cs[i]->subs;
-    if (cs[i]->subs) cs[i]->subs->prev = l;
-    cs[i]->subs = l;
+    links[i].chan = cs[i];
+    links[i].sub = sub;
     cs[i]->nsubs++;
   }
   sub->links = links;
   sub->nlinks = (unsigned)ncs;
+  /* One that selects exact topics only is found through the topic index (a
+   * publish never walks past it); the others are in the channels' lists. */
+  sub->indexed = 0;
+  if (indexable(sub)) {
+    if (index_sub(sub, 1) == 0) {
+      sub->indexed = 1;
+      return;
+    }
+    index_sub(sub, 0); /* out of memory: in the lists, checked on every publish instead */
+  }
+  for (int i = 0; i < ncs; i++) {
+    sl_hub_link *l = &links[i];
+    l->prev = NULL;
+    l->next = cs[i]->subs;
+    if (cs[i]->subs) cs[i]->subs->prev = l;
+    cs[i]->subs = l;
+  }
 }
 
 /* The kept events of the channels after last_id, merged by sequence and each
@@ -561,12 +726,17 @@ void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub) {
 }
 
 static void unlink_all(sl_hub *hub, sl_hub_sub *sub) {
+  int listed = !sub->indexed;
+  if (sub->indexed) index_sub(sub, 0);
+  sub->indexed = 0;
   for (unsigned i = 0; i < sub->nlinks; i++) {
     sl_hub_link *l = &sub->links[i];
     sl_hub_chan *c = l->chan;
-    if (l->prev) l->prev->next = l->next;
-    else c->subs = l->next;
-    if (l->next) l->next->prev = l->prev;
+    if (listed) {
+      if (l->prev) l->prev->next = l->next;
+      else c->subs = l->next;
+      if (l->next) l->next->prev = l->prev;
+    }
     c->nsubs--;
     maybe_free(hub, c);
   }
@@ -627,6 +797,15 @@ int sl_hub_subs(sl_hub *hub, const char *name, size_t len, sl_hub_sub ***out) {
   if (!subs) return -ENOMEM;
   int n = 0;
   for (sl_hub_link *l = c->subs; l; l = l->next) subs[n++] = l->sub;
+  /* Indexed ones, once each though they may be under several topics. */
+  for (unsigned b = 0; c->ix && b < c->ix->nb; b++)
+    for (tnode *t = c->ix->b[b]; t; t = t->next)
+      for (unsigned k = 0; k < t->n; k++)
+        if (!t->subs[k]->mark && n < (int)c->nsubs) {
+          t->subs[k]->mark = 1;
+          subs[n++] = t->subs[k];
+        }
+  for (int j = 0; j < n; j++) subs[j]->mark = 0;
   *out = subs;
   return n;
 }
@@ -652,6 +831,7 @@ void sl_hub_free(sl_hub *hub) {
     for (sl_hub_chan *c = hub->buckets[i], *next; c; c = next) {
       next = c->hnext;
       while (c->count) drop_oldest(c);
+      ix_free(c);
       free(c->ring);
       free(c);
     }

@@ -76,6 +76,8 @@ typedef struct sl_hub_sub {
   uint8_t holding;    /* 1 holding; 2 held more than hold_limit: dropped as slow */
   uint8_t paused;     /* its queue filled during the replay: sl_hub_pump once it drains */
   uint8_t counted;    /* in hub->nsubs */
+  uint8_t indexed;    /* found through its channels' topic index, not by a scan */
+  uint8_t mark;       /* scratch for a walk over the index (sl_hub_subs) */
   void *pending;      /* the engine's replay request for it, if one is under way */
   sl_hub_filter *filter; /* which events it wants, NULL: all but private ones (the caller owns it) */
 } sl_hub_sub;
@@ -91,6 +93,7 @@ typedef struct sl_hub_chan {
   uint32_t hash;
   uint32_t namelen;
   unsigned busy;                        /* a publish is walking its subscribers: keep it */
+  struct sl_hub_topics *ix;             /* subscribers that select exact topics only, by topic */
   char name[];
 } sl_hub_chan;
 

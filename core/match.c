@@ -110,6 +110,11 @@ void sl_match_free(sl_matcher *m) { free(m); }
 
 int sl_match_is_exact(const sl_matcher *m) { return m->kind == M_EXACT; }
 
+const char *sl_match_text(const sl_matcher *m, size_t *len) {
+  *len = m->len;
+  return m->text;
+}
+
 /* '*' matches any run of characters; everything else itself. */
 static int glob(const char *p, size_t pn, const char *s, size_t sn) {
   size_t pi = 0, si = 0, star = (size_t)-1, mark = 0;

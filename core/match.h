@@ -16,5 +16,7 @@ void sl_match_free(sl_matcher *m);
 int sl_match(const sl_matcher *m, const char *topic, size_t len);
 /* Whether the selector is a plain topic (matched by equality). */
 int sl_match_is_exact(const sl_matcher *m);
+/* The selector's text (for an exact one: the topic). */
+const char *sl_match_text(const sl_matcher *m, size_t *len);
 
 #endif

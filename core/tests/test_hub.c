@@ -244,6 +244,52 @@ int main(void) {
     CHECK(!sl_hub_wants(NULL, e) && !sl_hub_wants(f, e) && !sl_hub_wants(g, e)); /* private, books/2 not granted */
     CHECK(sl_hub_event_attrs(e, t1, 1, 1) == 0);
     CHECK(!sl_hub_wants(f, e) && sl_hub_wants(g, e));
+    /* Subscribers that select exact topics only are found through the index:
+     * an event reaches those of its topics, once each, and they count, list
+     * and leave like the others. */
+    sl_hub h2;
+    CHECK(sl_hub_init(&h2, 1, 10, 60) == 0);
+    rec ra, rb, rc;
+    rec_init(&ra);
+    rec_init(&rb);
+    rec_init(&rc);
+    sl_hub_str both[] = {S("https://x/books/1"), S("https://x/books/2")};
+    ra.sub.filter = sl_hub_filter_new(both, 2, NULL, 0, NULL);        /* indexed, two topics */
+    rb.sub.filter = sl_hub_filter_new(both + 1, 1, NULL, 0, NULL);    /* indexed */
+    rc.sub.filter = sl_hub_filter_new(match, 1, NULL, 0, NULL);       /* a template: scanned */
+    sl_hub_str ch = S("c");
+    CHECK(sl_hub_subscribe(&h2, &ra.sub, &ch, 1, NULL, 0, 1) == 0 && ra.sub.indexed);
+    CHECK(sl_hub_subscribe(&h2, &rb.sub, &ch, 1, NULL, 0, 1) == 0 && rb.sub.indexed);
+    CHECK(sl_hub_subscribe(&h2, &rc.sub, &ch, 1, NULL, 0, 1) == 0 && !rc.sub.indexed);
+    CHECK(sl_hub_subscribers(&h2, "c", 1) == 3);
+    sl_hub_event *ev2;
+    CHECK(sl_hub_event_new(h2.next_seq, "d", 1, NULL, 0, NULL, 0, -1, 1, &ev2) == 0);
+    CHECK(sl_hub_event_attrs(ev2, both, 2, 0) == 0);
+    sl_hub_dispatch(&h2, &ch, 1, ev2, 1);
+    sl_hub_event_unref(ev2);
+    CHECK(ra.n == 1 && rb.n == 1 && rc.n == 1); /* ra once, though both its topics are there */
+    CHECK(sl_hub_event_new(h2.next_seq, "d", 1, NULL, 0, NULL, 0, -1, 1, &ev2) == 0);
+    CHECK(sl_hub_event_attrs(ev2, both, 1, 0) == 0);
+    sl_hub_dispatch(&h2, &ch, 1, ev2, 1);
+    sl_hub_event_unref(ev2);
+    CHECK(ra.n == 2 && rb.n == 1 && rc.n == 2);
+    sl_hub_sub **listed;
+    CHECK(sl_hub_subs(&h2, "c", 1, &listed) == 3);
+    free(listed);
+    sl_hub_unsubscribe(&h2, &ra.sub);
+    CHECK(sl_hub_event_new(h2.next_seq, "d", 1, NULL, 0, NULL, 0, -1, 1, &ev2) == 0);
+    CHECK(sl_hub_event_attrs(ev2, both, 2, 0) == 0);
+    sl_hub_dispatch(&h2, &ch, 1, ev2, 1);
+    sl_hub_event_unref(ev2);
+    CHECK(ra.n == 2 && rb.n == 2 && rc.n == 3);
+    sl_hub_unsubscribe(&h2, &rb.sub);
+    sl_hub_unsubscribe(&h2, &rc.sub);
+    CHECK(sl_hub_subscribers(&h2, "c", 1) == 0);
+    sl_hub_filter_free(ra.sub.filter);
+    sl_hub_filter_free(rb.sub.filter);
+    sl_hub_filter_free(rc.sub.filter);
+    sl_hub_free(&h2);
+
     int bad = -1;
     sl_hub_str broken[] = {S("ok"), S("https://x/{id")};
     CHECK(sl_hub_filter_new(broken, 2, NULL, 0, &bad) == NULL && bad == 1);
