@@ -18,6 +18,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "redis.h"
+#include "rproto.h"
 #include "sched.h"
 #include "server.h"
 #include "sse.h"
@@ -534,9 +535,8 @@ static int api_publish(lua_State *L) {
   const char *ev = luaL_optlstring(L, 4, NULL, &evlen);
   long long retry = opt_retry(L, 5, -1);
   sl_server *srv = vm_of(L)->srv;
-  if (!lua_isnoneornil(L, 6) || lua_toboolean(L, 7)) {
-    /* Topics and privacy (filtered subscriptions): the embedded hub. */
-    if (srv->redis) return luaL_error(L, "sluice.publish: topics and private are not carried through Redis yet");
+  if ((!lua_isnoneornil(L, 6) || lua_toboolean(L, 7)) && !srv->redis) {
+    /* Topics and privacy (filtered subscriptions), in the embedded hub. */
     unsigned nt;
     sl_hub_str *topics = string_list(L, 6, &nt);
     uint64_t t0 = uv_hrtime();
@@ -564,10 +564,15 @@ static int api_publish(lua_State *L) {
     int main_thread = lua_pushthread(L);
     lua_pop(L, 1);
     sl_task *t = main_thread ? NULL : sl_task_current(vm_of(L), (void **)&w->task);
-    int r = sl_redis_publish(srv->redis, chans, n, data, len, id, idlen, ev, evlen, retry, on_redis_published, w);
+    unsigned nt = 0;
+    sl_hub_str *topics = lua_istable(L, 6) ? string_list(L, 6, &nt) : NULL;
+    int r = sl_redis_publish(srv->redis, chans, n, data, len, id, idlen, ev, evlen, retry, topics, nt,
+                             lua_toboolean(L, 7), on_redis_published, w);
+    free(topics);
     if (r) {
       if (t) t->await_slot = NULL;
       free(w);
+      if (r == -E2BIG) return luaL_error(L, "sluice.publish: at most %d topics with Redis", SL_RMSG_MAX_TOPICS);
       return fail(L, r == -ENOMEM ? "out of memory" : "redis unavailable");
     }
     if (!t) {

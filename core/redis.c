@@ -32,6 +32,9 @@
 #define BACKOFF_MAX_MS 5000
 #define HANDSHAKE_MS 5000
 
+/* KEYS: the channels' history streams. ARGV: data, id, has id, event, has
+ * event, retry, history, history_ttl, the node channel, private, the number
+ * of topics, the topics, the channel names. Returns the event's seq. */
 static const char PUBLISH_LUA[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
@@ -40,9 +43,9 @@ static const char PUBLISH_LUA[] =
     "local s = string.format('%.0f', seq)\n"
     "redis.call('SET', 'sluice:seq', s)\n"
     "local hasid, hasev = ARGV[3] == '1', ARGV[5] == '1'\n"
-    "local head = { s, ARGV[6], hasid and #ARGV[2] or -1, hasev and #ARGV[4] or -1 }\n"
+    "local head = { 'v2', s, ARGV[6], hasid and #ARGV[2] or -1, hasev and #ARGV[4] or -1, ARGV[10], ARGV[11] }\n"
     "local names = {}\n"
-    "for i = 10, #ARGV do head[#head + 1] = #ARGV[i]; names[#names + 1] = ARGV[i] end\n"
+    "for i = 12, #ARGV do head[#head + 1] = #ARGV[i]; names[#names + 1] = ARGV[i] end\n"
     "local msg = table.concat(head, ',') .. '\\n' .. (hasid and ARGV[2] or '') .. (hasev and ARGV[4] or '')\n"
     "  .. table.concat(names) .. ARGV[1]\n"
     "local hist, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
@@ -446,6 +449,23 @@ void sl_redis_stop(sl_redis *r) {
 
 /* ---- events in ---- */
 
+/* The hub event of a parsed message, topics and privacy included; NULL if out of memory. */
+static sl_hub_event *event_of(const sl_rmsg *m, double now) {
+  sl_hub_event *e;
+  if (sl_hub_event_new(m->seq, m->data.p, m->data.len, m->id.p, m->id.len, m->event.p, m->event.len, m->retry, now,
+                       &e))
+    return NULL;
+  if (m->ntopics || m->priv) {
+    sl_hub_str topics[SL_RMSG_MAX_TOPICS];
+    for (int i = 0; i < m->ntopics; i++) topics[i].p = m->topics[i].p, topics[i].len = m->topics[i].len;
+    if (sl_hub_event_attrs(e, topics, (unsigned)m->ntopics, m->priv)) {
+      sl_hub_event_unref(e);
+      return NULL;
+    }
+  }
+  return e;
+}
+
 /* Frames the message once and gives it to the hub's local subscribers. */
 static void process_message(sl_redis *r, const char *p, size_t len) {
   sl_rmsg m;
@@ -455,10 +475,9 @@ static void process_message(sl_redis *r, const char *p, size_t len) {
   }
   if (m.seq <= r->last_seq) return; /* seen already (the catch-up had it) */
   r->last_seq = m.seq;
-  sl_hub_event *e;
   double now = now_s();
-  if (sl_hub_event_new(m.seq, m.data.p, m.data.len, m.id.p, m.id.len, m.event.p, m.event.len, m.retry, now, &e))
-    return;
+  sl_hub_event *e = event_of(&m, now);
+  if (!e) return;
   sl_hub_str chans[SL_RMSG_MAX_CHANS];
   for (int i = 0; i < m.nchans; i++) chans[i].p = m.chans[i].p, chans[i].len = m.chans[i].len;
   sl_metrics_published(&r->srv->metrics, uv_hrtime());
@@ -604,9 +623,7 @@ static void on_replay(redisAsyncContext *ac, void *reply_, void *priv) {
     redisReply *m = reply->element[i + 2];
     sl_rmsg msg;
     if (m->type != REDIS_REPLY_STRING || sl_rmsg_parse(m->str, m->len, &msg)) continue;
-    if (sl_hub_event_new(msg.seq, msg.data.p, msg.data.len, msg.id.p, msg.id.len, msg.event.p, msg.event.len,
-                         msg.retry, now, &es[got]) == 0)
-      got++;
+    if ((es[got] = event_of(&msg, now)) != NULL) got++;
   }
   r->st.replays++;
   int rc = es ? sl_hub_release(&r->srv->hub, sub, es, (int)got) : -ENOMEM;
@@ -700,15 +717,17 @@ static void on_published(redisAsyncContext *ac, void *reply_, void *priv) {
 }
 
 int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
-                     size_t idlen, const char *event, size_t evlen, long long retry, sl_redis_published done,
-                     void *arg) {
+                     size_t idlen, const char *event, size_t evlen, long long retry, const sl_hub_str *topics,
+                     unsigned ntopics, int priv, sl_redis_published done, void *arg) {
   if (!r->up) return -ENOTCONN;
+  if (ntopics > SL_RMSG_MAX_TOPICS) return -E2BIG;
   rpub *p = malloc(sizeof *p + (id ? idlen : 0) + 1);
-  const char **argv = malloc((size_t)(2 * n + 12) * sizeof *argv);
-  size_t *lens = malloc((size_t)(2 * n + 12) * sizeof *lens);
+  const char **argv = malloc((size_t)(2 * n + ntopics + 14) * sizeof *argv);
+  size_t *lens = malloc((size_t)(2 * n + ntopics + 14) * sizeof *lens);
   char **keys = calloc((size_t)n + 1, sizeof *keys);
   int ok = p && argv && lens && keys, a = 0;
-  char nk[16], rs[24], hist[24], ttl[32];
+  char nk[16], rs[24], hist[24], ttl[32], nt[16];
+  snprintf(nt, sizeof nt, "%u", ntopics);
   snprintf(nk, sizeof nk, "%d", n);
   snprintf(rs, sizeof rs, "%lld", retry < 0 ? -1 : retry);
   snprintf(hist, sizeof hist, "%u", (unsigned)r->srv->cfg.history);
@@ -733,6 +752,9 @@ int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *da
     argv[a] = hist, lens[a++] = strlen(hist);
     argv[a] = ttl, lens[a++] = strlen(ttl);
     argv[a] = r->evchan, lens[a++] = strlen(r->evchan);
+    argv[a] = priv ? "1" : "0", lens[a++] = 1;
+    argv[a] = nt, lens[a++] = strlen(nt);
+    for (unsigned i = 0; i < ntopics; i++) argv[a] = topics[i].p, lens[a++] = topics[i].len;
     for (int i = 0; i < n; i++) argv[a] = chans[i].p, lens[a++] = chans[i].len;
   }
   int rc = -ENOMEM;

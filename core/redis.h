@@ -28,10 +28,13 @@ const char *sl_redis_addr(sl_redis *r);
 /* Whether publishes can go out now (connected and subscribed). */
 int sl_redis_ready(sl_redis *r);
 
-/* Publishes one event to n channels; done is called exactly once (also when
- * the connection is lost meanwhile). 0, -ENOTCONN or -ENOMEM (done not called). */
+/* Publishes one event to n channels, with its topics and privacy (filtered
+ * subscriptions); done is called exactly once (also when the connection is
+ * lost meanwhile). 0, -ENOTCONN, -E2BIG (over SL_RMSG_MAX_TOPICS topics) or
+ * -ENOMEM (done not called). */
 int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
-                     size_t idlen, const char *event, size_t evlen, long long retry, sl_redis_published done,
+                     size_t idlen, const char *event, size_t evlen, long long retry, const sl_hub_str *topics,
+                     unsigned ntopics, int priv, sl_redis_published done,
                      void *arg);
 
 /* Fetches the replay of a held subscriber (sl_hub_subscribe_held) after last_id

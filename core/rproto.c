@@ -1,5 +1,6 @@
 /* rproto: URL and message parsing for the Redis engine. See rproto.h. */
 #include "rproto.h"
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,9 @@ int sl_rmsg_parse(const char *p, size_t len, sl_rmsg *out) {
   const char *s = p, *end = p + len;
   const char *nl = memchr(p, '\n', len);
   if (!nl) return -1;
-  long long f[4 + SL_RMSG_MAX_CHANS];
+  int v2 = nl - s > 3 && memcmp(s, "v2,", 3) == 0;
+  if (v2) s += 3;
+  long long f[6 + SL_RMSG_MAX_TOPICS + SL_RMSG_MAX_CHANS];
   int nf = 0;
   while (s < nl) {
     if (nf == (int)(sizeof f / sizeof f[0])) return -1;
@@ -128,10 +131,19 @@ int sl_rmsg_parse(const char *p, size_t len, sl_rmsg *out) {
   }
   if (nf < 5) return -1; /* an event has at least one channel */
   if (f[0] <= 0 || f[1] < -1 || f[2] < -1 || f[3] < -1) return -1;
-  memset(out, 0, sizeof *out);
+  int first = 4, nt = 0;
+  if (v2) {
+    if (nf < 7 || (f[4] != 0 && f[4] != 1) || f[5] < 0 || f[5] > SL_RMSG_MAX_TOPICS || nf < 7 + f[5]) return -1;
+    nt = (int)f[5];
+    first = 6;
+  }
+  if (nf - first - nt < 1 || nf - first - nt > SL_RMSG_MAX_CHANS) return -1;
+  memset(out, 0, offsetof(sl_rmsg, chans));
   out->seq = (uint64_t)f[0];
   out->retry = f[1];
-  out->nchans = nf - 4;
+  out->priv = v2 && f[4] == 1;
+  out->ntopics = nt;
+  out->nchans = nf - first - nt;
   s = nl + 1;
   size_t left = (size_t)(end - s);
   if (f[2] >= 0) {
@@ -142,8 +154,13 @@ int sl_rmsg_parse(const char *p, size_t len, sl_rmsg *out) {
     if ((size_t)f[3] > left) return -1;
     out->event.p = s, out->event.len = (size_t)f[3], s += f[3], left -= (size_t)f[3];
   }
+  for (int i = 0; i < nt; i++) {
+    long long n = f[first + i];
+    if (n < 0 || (size_t)n > left) return -1;
+    out->topics[i].p = s, out->topics[i].len = (size_t)n, s += n, left -= (size_t)n;
+  }
   for (int i = 0; i < out->nchans; i++) {
-    long long n = f[4 + i];
+    long long n = f[first + nt + i];
     if (n <= 0 || (size_t)n > left) return -1;
     out->chans[i].p = s, out->chans[i].len = (size_t)n, s += n, left -= (size_t)n;
   }

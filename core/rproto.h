@@ -20,6 +20,7 @@ typedef struct sl_redis_url {
 int sl_redis_url_parse(const char *url, sl_redis_url *out, char *err, size_t errlen);
 
 #define SL_RMSG_MAX_CHANS 64
+#define SL_RMSG_MAX_TOPICS 256
 
 typedef struct sl_rmsg_str {
   const char *p;
@@ -27,9 +28,11 @@ typedef struct sl_rmsg_str {
 } sl_rmsg_str;
 
 /* One event as the engine carries it:
- *   SEQ,RETRY,IDLEN,EVLEN,CHANLEN,...\n ID EVENT CHAN... DATA
+ *   v2,SEQ,RETRY,IDLEN,EVLEN,PRIVATE,NTOPICS,TOPICLEN...,CHANLEN...\n ID EVENT TOPIC... CHAN... DATA
  * in decimal; RETRY -1 for none, IDLEN -1 when the id is SEQ, EVLEN -1 for no
- * event name. The strings point into the parsed buffer. */
+ * event name, PRIVATE 0 or 1. Messages of the first version (no "v2,", no
+ * PRIVATE, NTOPICS and topics), still in a stream's history, parse too. The
+ * strings point into the parsed buffer. */
 typedef struct sl_rmsg {
   uint64_t seq;
   long long retry;
@@ -38,6 +41,9 @@ typedef struct sl_rmsg {
   sl_rmsg_str data;
   sl_rmsg_str chans[SL_RMSG_MAX_CHANS];
   int nchans;
+  sl_rmsg_str topics[SL_RMSG_MAX_TOPICS];
+  int ntopics;
+  int priv;
 } sl_rmsg;
 
 /* 0, or -1 when p[0..len) is not a well-formed message. */

@@ -63,5 +63,21 @@ int main(void) {
   strcat(many, "\n");
   for (int i = 0; i < SL_RMSG_MAX_CHANS + 1; i++) strcat(many, "c");
   CHECK(parse(many, &m) == -1);
+
+  /* Version 2: privacy and topics before the channels. */
+  CHECK(parse("v2,7,-1,2,-1,1,2,3,4,1,1\nidabcdefgxyDATA", &m) == 0);
+  CHECK(m.seq == 7 && m.priv == 1 && m.ntopics == 2 && m.nchans == 2);
+  CHECK_STR(m.id.p, m.id.len, "id");
+  CHECK_STR(m.topics[0].p, m.topics[0].len, "abc");
+  CHECK_STR(m.topics[1].p, m.topics[1].len, "defg");
+  CHECK_STR(m.chans[0].p, m.chans[0].len, "x");
+  CHECK_STR(m.chans[1].p, m.chans[1].len, "y");
+  CHECK_STR(m.data.p, m.data.len, "DATA");
+  CHECK(parse("v2,8,-1,-1,-1,0,0,1\ncD", &m) == 0 && m.ntopics == 0 && m.priv == 0 && m.nchans == 1);
+  CHECK(parse("3,-1,-1,-1,1\ncD", &m) == 0 && m.ntopics == 0 && m.priv == 0); /* version 1 still parses */
+  const char *const broken2[] = {"v2,8,-1,-1,-1,2,0,1\ncD", /* private neither 0 nor 1 */
+                                 "v2,8,-1,-1,-1,0,3,1,1\nabcD", /* three topics, no channel */
+                                 "v2,8,-1,-1,-1,0,-1,1\ncD", "v2,8,-1,-1,-1,0\ncD", "v2,8,-1,-1,-1,0,1,9,1\nac", NULL};
+  for (int i = 0; broken2[i]; i++) CHECK(parse(broken2[i], &m) == -1);
   return check_done("test_rproto");
 }

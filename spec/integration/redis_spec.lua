@@ -227,6 +227,30 @@ describe("redis engine", function()
     wait_connected(c)
   end)
 
+  it("carries topics and privacy: filtered subscribers on other nodes get what they select, also on replay", function()
+    local function esc(v) return (v:gsub("[^%w%-_.]", function(ch) return ("%%%02X"):format(ch:byte()) end)) end
+    local tmpl = esc("https://x/books/{id}")
+    local sel = subscribe(b, "/fsub/topics?match=" .. tmpl)
+    local granted = subscribe(c, "/fsub/topics?match=" .. tmpl .. "&grant=" .. esc("https://x/books/2"))
+    wait_subscribed(b, "topics", 1); wait_subscribed(c, "topics", 1)
+    local function fpub(topic, body, private)
+      local res = a:request("POST", "/fpub/topics?topic=" .. esc(topic) .. (private and "&private=1" or ""), body)
+      assert.equal(202, res.status, res.body)
+      return res.body
+    end
+    local first = fpub("https://x/books/1", "one")
+    fpub("https://x/authors/1", "not a book")
+    fpub("https://x/books/2", "secret", true)
+    fpub("https://x/books/3", "three")
+    assert.same({ "one", "three" }, { read_events(sel, 1)[1].data, read_events(sel, 1)[1].data })
+    local g = read_events(granted, 3)
+    assert.same({ "one", "secret", "three" }, { g[1].data, g[2].data, g[3].data })
+    -- replay from Redis history on another node, through the same filter
+    local late = subscribe(a, "/fsub/topics?match=" .. tmpl, { ["Last-Event-ID"] = first })
+    assert.equal("three", read_events(late, 1)[1].data)
+    sel:close(); granted:close(); late:close()
+  end)
+
   it("drops a slow subscriber on one node without slowing the others", function()
     local slow = subscribe(a, "/sub/fire")
     local fast = subscribe(b, "/sub/fire")
