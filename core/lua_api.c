@@ -527,8 +527,18 @@ static void on_redis_published(void *arg, const char *id, size_t idlen, const ch
  * await tag (the caller yields it and is resumed with the id or nil, err),
  * true where nobody can wait (the main thread: on_close hooks), or nil, err. */
 static int api_publish(lua_State *L) {
-  sl_hub_str chans[SL_MAX_CHANNELS];
-  int n = channel_list(L, 1, chans);
+  /* Any number of channels: the array lives in a userdata, so an error raised
+   * below leaks nothing. */
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 1);
+  if (n < 1) return luaL_error(L, "give at least one channel");
+  sl_hub_str *chans = lua_newuserdata(L, (size_t)n * sizeof *chans);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    chans[i].p = lua_tolstring(L, -1, &chans[i].len);
+    lua_pop(L, 1);
+    if (!chans[i].p || !chans[i].len) return luaL_error(L, "channel names must be non-empty strings");
+  }
   size_t len, idlen = 0, evlen = 0;
   const char *data = luaL_checklstring(L, 2, &len);
   const char *id = luaL_optlstring(L, 3, NULL, &idlen);
@@ -556,6 +566,7 @@ static int api_publish(lua_State *L) {
     return 1;
   }
   if (srv->redis) {
+    if (n > SL_RMSG_MAX_CHANS) return luaL_error(L, "sluice.publish: at most %d channels with Redis", SL_RMSG_MAX_CHANS);
     if (id && sl_sse_check_field(id, idlen)) return luaL_error(L, "event id may not contain CR, LF or NUL");
     if (ev && sl_sse_check_field(ev, evlen)) return luaL_error(L, "event name may not contain CR, LF or NUL");
     if (!sl_redis_ready(srv->redis)) return fail(L, "redis unavailable");

@@ -19,7 +19,7 @@ typedef struct sl_redis_url {
  * 0, or -1 with err filled. */
 int sl_redis_url_parse(const char *url, sl_redis_url *out, char *err, size_t errlen);
 
-#define SL_RMSG_MAX_CHANS 64
+#define SL_RMSG_MAX_CHANS 1024
 #define SL_RMSG_MAX_TOPICS 256
 
 typedef struct sl_rmsg_str {

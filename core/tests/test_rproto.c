@@ -58,7 +58,7 @@ int main(void) {
     if (r != -1) fprintf(stderr, "  accepted [%s]\n", broken[i]);
   }
   /* more channels than an event may have */
-  char many[1024] = "1,-1,-1,-1";
+  char many[8192] = "1,-1,-1,-1";
   for (int i = 0; i < SL_RMSG_MAX_CHANS + 1; i++) strcat(many, ",1");
   strcat(many, "\n");
   for (int i = 0; i < SL_RMSG_MAX_CHANS + 1; i++) strcat(many, "c");

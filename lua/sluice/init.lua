@@ -158,7 +158,7 @@ function _M.raw(fn, opts)
 end
 
 --- Channel names as a list: one name or a list of names, each a non-empty string.
-local function channel_list(channels, what, level)
+local function channel_list(channels, what, level, unlimited)
   if type(channels) == "string" then channels = { channels } end
   if type(channels) ~= "table" or #channels == 0 then
     error(what .. " expects a channel name or a list of channel names", level + 1)
@@ -167,7 +167,7 @@ local function channel_list(channels, what, level)
     local c = channels[i]
     if type(c) ~= "string" or c == "" then error(what .. ": channel names must be non-empty strings", level + 1) end
   end
-  if #channels > 64 then error(what .. ": at most 64 channels", level + 1) end
+  if #channels > 64 and not unlimited then error(what .. ": at most 64 channels", level + 1) end
   return channels
 end
 
@@ -213,7 +213,7 @@ end
 
 --- sluice.publish(channels, data, opts): one event to every subscriber of the channels; returns its id.
 function _M.publish(channels, data, opts)
-  channels = channel_list(channels, "sluice.publish", 2)
+  channels = channel_list(channels, "sluice.publish", 2, true)
   local topics, private
   if opts ~= nil then
     if type(opts) ~= "table" then error("sluice.publish options must be a table", 2) end

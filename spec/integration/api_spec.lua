@@ -153,6 +153,14 @@ describe("script API", function()
     assert.equal("John Doe", t.jwt)
   end)
 
+  it("publishes one event to any number of channels", function()
+    local st = s:sse("/sub/m177")
+    local id = s:request("POST", "/pub-many").body
+    local ev = st:read_event()
+    assert.same({ "to all 200", id }, { ev.data, ev.id })
+    st:close()
+  end)
+
   it("refuses a route for a method the parser does not know, at load time", function()
     local code, err = gw.run({ gw.write_file(gw.tmpname(".lua"),
       "local sluice = require 'sluice'\nsluice.route('FETCH', '/x', function() end)\n") })
