@@ -479,12 +479,16 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
 }
 
 int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
-                   size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
-                   size_t idcap) {
+                   size_t idlen, const char *event, size_t evlen, long long retry, const sl_hub_str *topics,
+                   unsigned ntopics, int priv, double now, char *idout, size_t idcap) {
   if (n <= 0) return -EINVAL;
   sl_hub_event *e;
   int r = sl_hub_event_new(hub->next_seq, data, len, id, idlen, event, evlen, retry, now, &e);
   if (r) return r;
+  if ((ntopics || priv) && sl_hub_event_attrs(e, topics, ntopics, priv)) {
+    event_unref(e);
+    return -ENOMEM;
+  }
   sl_hub_dispatch(hub, chans, n, e, now);
   if (idout && idcap) snprintf(idout, idcap, "%.*s", (int)e->idlen, e->id);
   event_unref(e);

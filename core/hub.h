@@ -116,12 +116,13 @@ typedef struct sl_hub {
 int sl_hub_init(sl_hub *hub, uint64_t first_seq, unsigned history, double ttl);
 void sl_hub_free(sl_hub *hub);
 
-/* Publishes one event to n channels. id may be NULL: the hub assigns the next
+/* Publishes one event to n channels, with ntopics topics and privacy (both
+ * may be none: filtered subscriptions, sl_hub_wants). id may be NULL: the hub assigns the next
  * sequence number as the id. Writes the id used into idout (NUL-terminated,
  * cut at idcap). Returns 0, -EINVAL (bad id/event, or no channel) or -ENOMEM. */
 int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,
-                   size_t idlen, const char *event, size_t evlen, long long retry, double now, char *idout,
-                   size_t idcap);
+                   size_t idlen, const char *event, size_t evlen, long long retry, const sl_hub_str *topics,
+                   unsigned ntopics, int priv, double now, char *idout, size_t idcap);
 
 /* A new event (one reference) with sequence number seq, framed once; id NULL
  * means the decimal seq is its id. 0, -EINVAL (bad id/event) or -ENOMEM. */

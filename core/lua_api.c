@@ -545,26 +545,6 @@ static int api_publish(lua_State *L) {
   const char *ev = luaL_optlstring(L, 4, NULL, &evlen);
   long long retry = opt_retry(L, 5, -1);
   sl_server *srv = vm_of(L)->srv;
-  if ((!lua_isnoneornil(L, 6) || lua_toboolean(L, 7)) && !srv->redis) {
-    /* Topics and privacy (filtered subscriptions), in the embedded hub. */
-    unsigned nt;
-    sl_hub_str *topics = string_list(L, 6, &nt);
-    uint64_t t0 = uv_hrtime();
-    sl_hub_event *e;
-    int r = sl_hub_event_new(srv->hub.next_seq, data, len, id, idlen, ev, evlen, retry, (double)t0 / 1e9, &e);
-    if (r == 0 && sl_hub_event_attrs(e, topics, nt, lua_toboolean(L, 7))) {
-      sl_hub_event_unref(e);
-      r = -ENOMEM;
-    }
-    free(topics);
-    if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
-    if (r) return fail(L, "out of memory");
-    sl_hub_dispatch(&srv->hub, chans, n, e, (double)t0 / 1e9);
-    sl_metrics_published(&srv->metrics, t0);
-    lua_pushlstring(L, e->id, e->idlen);
-    sl_hub_event_unref(e);
-    return 1;
-  }
   if (srv->redis) {
     if (n > SL_RMSG_MAX_CHANS) return luaL_error(L, "sluice.publish: at most %d channels with Redis", SL_RMSG_MAX_CHANS);
     if (id && sl_sse_check_field(id, idlen)) return luaL_error(L, "event id may not contain CR, LF or NUL");
@@ -594,9 +574,12 @@ static int api_publish(lua_State *L) {
     return 1;
   }
   char out[256];
+  unsigned nt = 0;
+  sl_hub_str *topics = lua_istable(L, 6) ? string_list(L, 6, &nt) : NULL;
   uint64_t t0 = uv_hrtime();
-  int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry, (double)t0 / 1e9, out,
-                         sizeof out);
+  int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry, topics, nt, lua_toboolean(L, 7),
+                         (double)t0 / 1e9, out, sizeof out);
+  free(topics);
   if (r == 0) sl_metrics_published(&srv->metrics, t0);
   if (r == -EINVAL) return luaL_error(L, "event id and name may not contain CR, LF or NUL");
   if (r) return fail(L, "out of memory");

@@ -33,7 +33,7 @@ static sl_hub_str S(const char *s) { return (sl_hub_str){s, strlen(s)}; }
 static void pub(sl_hub *h, const char *chan, const char *id, double now, char *out) {
   sl_hub_str c = S(chan);
   char tmp[32];
-  CHECK(sl_hub_publish(h, &c, 1, "d", 1, id, id ? strlen(id) : 0, NULL, 0, -1, now, out ? out : tmp, 32) == 0);
+  CHECK(sl_hub_publish(h, &c, 1, "d", 1, id, id ? strlen(id) : 0, NULL, 0, -1, NULL, 0, 0, now, out ? out : tmp, 32) == 0);
 }
 
 static int sub(sl_hub *h, rec *r, const char *a, const char *b, const char *last, double now) {
@@ -65,8 +65,8 @@ int main(void) {
   CHECK(strcmp(id, "103") == 0);
   {
     sl_hub_str c = S("a");
-    CHECK(sl_hub_publish(&h, &c, 1, "d", 1, "bad\nid", 6, NULL, 0, -1, 1, id, 32) == -EINVAL);
-    CHECK(sl_hub_publish(&h, &c, 0, "d", 1, NULL, 0, NULL, 0, -1, 1, id, 32) == -EINVAL);
+    CHECK(sl_hub_publish(&h, &c, 1, "d", 1, "bad\nid", 6, NULL, 0, -1, NULL, 0, 0, 1, id, 32) == -EINVAL);
+    CHECK(sl_hub_publish(&h, &c, 0, "d", 1, NULL, 0, NULL, 0, -1, NULL, 0, 0, 1, id, 32) == -EINVAL);
   }
 
   /* Ring wrap-around: history 3 keeps the last three of a. Channel a now holds 100, custom, 103. */
@@ -110,7 +110,7 @@ int main(void) {
   pub(&h, "y", NULL, 1, NULL);  /* 2 */
   {
     sl_hub_str both[2] = {S("x"), S("y")};
-    CHECK(sl_hub_publish(&h, both, 2, "d", 1, NULL, 0, NULL, 0, -1, 1, id, 32) == 0); /* 3 on both */
+    CHECK(sl_hub_publish(&h, both, 2, "d", 1, NULL, 0, NULL, 0, -1, NULL, 0, 0, 1, id, 32) == 0); /* 3 on both */
     CHECK(strcmp(id, "3") == 0);
   }
   pub(&h, "y", NULL, 1, NULL);  /* 4 */
@@ -121,7 +121,7 @@ int main(void) {
   CHECK(got_is(&r, w4, 4));
   {
     sl_hub_str both[2] = {S("y"), S("x")};
-    CHECK(sl_hub_publish(&h, both, 2, "d", 1, NULL, 0, NULL, 0, -1, 2, id, 32) == 0); /* 6 */
+    CHECK(sl_hub_publish(&h, both, 2, "d", 1, NULL, 0, NULL, 0, -1, NULL, 0, 0, 2, id, 32) == 0); /* 6 */
   }
   pub(&h, "y", NULL, 2, NULL); /* 7 */
   const char *w5[] = {"2", "3", "4", "5", "6", "7"};
