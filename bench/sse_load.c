@@ -2,7 +2,7 @@
  * events they receive. With -L, each event's data must start with the publish
  * time (CLOCK_MONOTONIC nanoseconds) and the delivery latency is reported.
  *
- *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L] [-G] [-K SHAPES]
+ *   sse_load -p PORT [-P PATH] [-n CONNS] [-d SECONDS] [-c CONCURRENT_CONNECTS] [-L] [-G] [-K SHAPES] [-E EVENTS]
  *
  * With -K, a "%d" in PATH becomes the connection's number modulo SHAPES, so
  * that connections ask for SHAPES different subscriptions.
@@ -10,8 +10,11 @@
  * With -G, every event must carry a numeric id one more than the one before on
  * the same connection; each break is counted as a gap.
  *
+ * With -E N, it stops as soon as every connection has received N events (-d
+ * is then the deadline); connections that got more are counted as over.
+ *
  * Prints one summary line per run:
- *   connected=N failed=N events=N events_per_sec=N [id_gaps=N] [p50_us=N p99_us=N]
+ *   connected=N failed=N events=N events_per_sec=N [id_gaps=N] [complete=N over=N] [p50_us=N p99_us=N]
  * and "ready N" on stderr once all connections have their response head. */
 #include <getopt.h>
 #include <stdio.h>
@@ -29,12 +32,15 @@ typedef struct client {
   char line[64]; /* the start of the current line */
   int linelen;
   unsigned long long last_id; /* for -G */
+  long events;                /* for -E */
   char *req;                  /* its own request, with -K */
 } client;
 
 static struct {
   const char *path;
   int port, n, concurrent, latency, gapcheck, shapes;
+  long expect;   /* -E */
+  int complete, over;
   uint64_t gaps;
   double duration;
   int started, connected, failed, inflight_connects, ready_said;
@@ -55,6 +61,7 @@ static uint64_t now_ns(void) {
 }
 
 static void start_more(void);
+static void on_stop(uv_timer_t *t);
 
 static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
   b->base = g.rbuf;
@@ -78,6 +85,11 @@ static void on_line(client *c) {
   c->line[c->linelen] = '\0';
   if (c->linelen == 0) {
     g.events++;
+    if (g.expect) {
+      c->events++;
+      if (c->events == g.expect + 1) g.over++;
+      if (c->events == g.expect && ++g.complete == g.n) on_stop(NULL);
+    }
     return;
   }
   if (g.latency && strncmp(c->line, "data: ", 6) == 0) record_latency(c->line + 6);
@@ -175,7 +187,6 @@ static int cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static void on_stop(uv_timer_t *t);
 static void on_sigint(uv_signal_t *s, int sig) { on_stop(NULL); }
 
 static void on_stop(uv_timer_t *t) {
@@ -183,6 +194,7 @@ static void on_stop(uv_timer_t *t) {
   printf("connected=%d failed=%d events=%llu events_per_sec=%.0f", g.connected, g.failed,
          (unsigned long long)g.events, (double)g.events / secs);
   if (g.gapcheck) printf(" id_gaps=%llu", (unsigned long long)g.gaps);
+  if (g.expect) printf(" complete=%d over=%d", g.complete, g.over);
   if (g.latency && g.nlat) {
     qsort(g.lat, g.nlat, sizeof *g.lat, cmp);
     printf(" samples=%zu p50_us=%.0f p99_us=%.0f max_us=%.0f", g.nlat, g.lat[g.nlat / 2] / 1e3,
@@ -199,7 +211,7 @@ int main(int argc, char **argv) {
   g.duration = 10;
   g.concurrent = 200;
   int ch;
-  while ((ch = getopt(argc, argv, "p:P:n:d:c:LGK:")) != -1) {
+  while ((ch = getopt(argc, argv, "p:P:n:d:c:LGK:E:")) != -1) {
     switch (ch) {
       case 'p': g.port = atoi(optarg); break;
       case 'P': g.path = optarg; break;
@@ -209,8 +221,9 @@ int main(int argc, char **argv) {
       case 'L': g.latency = 1; break;
       case 'G': g.gapcheck = 1; break;
       case 'K': g.shapes = atoi(optarg); break;
+      case 'E': g.expect = atol(optarg); break;
       default:
-        fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L] [-G] [-K SHAPES]\n");
+        fprintf(stderr, "usage: sse_load -p PORT [-P PATH] [-n N] [-d SECS] [-c CONCURRENT] [-L] [-G] [-K SHAPES] [-E EVENTS]\n");
         return 2;
     }
   }

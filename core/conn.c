@@ -10,7 +10,9 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include "log.h"
+#include "pool.h"
 #include "server.h"
 #include "sse.h"
 
@@ -198,19 +200,6 @@ static void mark_dirty(sl_conn *c) {
   c->dirty = (uint32_t)srv->ndirty;
 }
 
-void sl_conn_flush_all(sl_server *srv) {
-  /* Resuming a generator below may queue more (and mark more connections): the
-   * count is read again each time, so they go out in this same pass. */
-  for (size_t i = 0; i < srv->ndirty; i++) {
-    sl_conn *c = srv->dirty[i];
-    if (!c) continue;
-    c->dirty = 0;
-    if (c->closing || c->inflight) continue;
-    if (c->qlen) flush(c);
-    after_write(c);
-  }
-  srv->ndirty = 0;
-}
 
 /* The first n queued buffers as iovecs (the first one from its offset); returns their bytes. */
 static size_t iov(sl_conn *c, uv_buf_t *bufs, unsigned n) {
@@ -223,37 +212,63 @@ static size_t iov(sl_conn *c, uv_buf_t *bufs, unsigned n) {
   return total;
 }
 
-/* Writes what is queued. It first writes straight to the socket (uv_try_write):
+/* Writes what is queued straight to the socket, as much as the kernel takes:
  * an idle subscriber's socket takes a whole event at once, and no write
- * request, callback or epoll change is needed. What the kernel does not take
- * goes to one uv_write of every buffer left. */
-static void flush(sl_conn *c) {
-  uv_buf_t bufs[SL_MAX_IOV];
-  while (c->qlen) {
-    unsigned n = c->qlen < SL_MAX_IOV ? c->qlen : SL_MAX_IOV;
-    iov(c, bufs, n);
-    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
-    if (w == UV_EAGAIN) w = 0;
+ * request, callback or epoll change is needed. Returns the bytes written or a
+ * negative error. It only reads the connection, so it may run on an I/O thread
+ * (see sl_conn_flush_all); apply() books the result on the loop thread. */
+static ssize_t write_out(sl_conn *c) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd)) return UV_EBADF;
+  struct iovec v[SL_MAX_IOV];
+  size_t total = 0, off = c->qoff;
+  for (unsigned i = 0; i < c->qlen;) {
+    unsigned n = 0;
+    size_t want = 0;
+    for (; n < SL_MAX_IOV && i + n < c->qlen; n++) {
+      sl_buf *b = c->q[i + n];
+      size_t o = n == 0 ? off : 0;
+      v[n].iov_base = b->data + o;
+      v[n].iov_len = b->len - o;
+      want += b->len - o;
+    }
+    ssize_t w;
+    do w = writev(fd, v, (int)n);
+    while (w < 0 && errno == EINTR);
     if (w < 0) {
-      sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(w));
-      sl_conn_ended(c, SL_END_CLIENT);
-      sl_conn_close(c);
-      return;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return -errno;
     }
-    c->queued -= (size_t)w;
-    c->srv->metrics.bytes_sent += (uint64_t)w;
-    size_t rem = (size_t)w;
-    unsigned k = 0;
-    while (k < n && rem >= bufs[k].len) {
-      rem -= bufs[k].len;
-      sl_buf_unref(c->q[k++]);
-    }
-    c->qlen -= k;
-    memmove(c->q, c->q + k, c->qlen * sizeof *c->q);
-    c->qoff = k == 0 ? c->qoff + rem : rem;
-    if (k < n) break; /* the kernel's buffer is full */
+    total += (size_t)w;
+    if ((size_t)w < want) break; /* the kernel's buffer is full */
+    i += n;
+    off = 0;
   }
+  return (ssize_t)total;
+}
+
+/* Books w bytes written by write_out (or its error), then hands what the
+ * kernel did not take to one uv_write of every buffer left. */
+static void apply(sl_conn *c, ssize_t w) {
+  if (w < 0) {
+    sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror((int)w));
+    sl_conn_ended(c, SL_END_CLIENT);
+    sl_conn_close(c);
+    return;
+  }
+  c->queued -= (size_t)w;
+  c->srv->metrics.bytes_sent += (uint64_t)w;
+  size_t rem = (size_t)w + c->qoff;
+  unsigned k = 0;
+  while (k < c->qlen && rem >= c->q[k]->len) {
+    rem -= c->q[k]->len;
+    sl_buf_unref(c->q[k++]);
+  }
+  c->qlen -= k;
+  memmove(c->q, c->q + k, c->qlen * sizeof *c->q);
+  c->qoff = rem;
   if (!c->qlen) return;
+  uv_buf_t bufs[SL_MAX_IOV];
   unsigned n = c->qlen < SL_MAX_IOV ? c->qlen : SL_MAX_IOV;
   c->inflight_bytes = iov(c, bufs, n);
   c->inflight = n;
@@ -264,6 +279,45 @@ static void flush(sl_conn *c) {
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(r));
     sl_conn_close(c);
   }
+}
+
+static void flush(sl_conn *c) { apply(c, write_out(c)); }
+
+/* The write phase of the I/O threads (--workers): each writes its slice of
+ * the turn's connections while the loop thread waits. */
+static void write_slice(void *ctx, size_t lo, size_t hi) {
+  sl_conn **d = ctx;
+  for (size_t i = lo; i < hi; i++) {
+    sl_conn *c = d[i];
+    if (c && !c->closing && !c->inflight && c->qlen) c->wres = write_out(c);
+  }
+}
+
+void sl_conn_flush_all(sl_server *srv) {
+  /* Resuming a generator below may queue more (and mark more connections): the
+   * count is read again after each pass, so they go out in this same call. */
+  for (size_t start = 0; start < srv->ndirty;) {
+    size_t end = srv->ndirty;
+    if (srv->pool && end - start >= 2) {
+      /* Every thread's result is booked before anything can queue again:
+       * a write in between would send the bytes the threads already wrote. */
+      sl_pool_for(srv->pool, write_slice, srv->dirty + start, end - start, 1);
+      for (size_t i = start; i < end; i++) {
+        sl_conn *c = srv->dirty[i];
+        if (c && !c->closing && !c->inflight && c->qlen) apply(c, c->wres);
+      }
+    }
+    for (size_t i = start; i < end; i++) {
+      sl_conn *c = srv->dirty[i];
+      if (!c) continue;
+      c->dirty = 0;
+      if (c->closing || c->inflight) continue;
+      if (c->qlen) flush(c);
+      after_write(c);
+    }
+    start = end;
+  }
+  srv->ndirty = 0;
 }
 
 static int enqueue(sl_conn *c, sl_buf *b, int coalesce) {

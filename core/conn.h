@@ -7,6 +7,7 @@
 #define SL_CONN_H
 #include <llhttp.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 #include "buf.h"
 #include "http.h"
@@ -47,6 +48,7 @@ typedef struct sl_conn {
   size_t queued;             /* bytes in q not yet written */
   size_t qoff;               /* bytes of q[0] already written */
   size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
+  ssize_t wres;              /* what an I/O thread's write of it gave (sl_conn_flush_all) */
   size_t hwm;                /* high-water mark for generators */
   uint64_t bytes_sent;       /* bytes queued for the current response */
   uint64_t started;          /* uv_hrtime() when the current request began */

@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "log.h"
 #include "lua_vm.h"
+#include "pool.h"
 #include "redis.h"
 #include "reload.h"
 #include "server.h"
@@ -28,6 +29,8 @@ static void usage(FILE *out) {
           "      --log-level LEVEL   error, warn, info or debug (default info)\n"
           "      --log-format FMT    text (default) or json (one object per line)\n"
           "      --grace SECONDS     how long the drain at shutdown may take (default 5; 0 = none)\n"
+          "      --workers N         threads that write to the clients: 1 to 256, or auto (one per core;\n"
+          "                          default 1); scripts still run on one thread\n"
           "  -h, --help              show this help\n"
           "  -V, --version           show the version\n"
           "\n"
@@ -60,6 +63,7 @@ int main(int argc, char **argv) {
                                            {"watch", no_argument, NULL, 'w'},
                                            {"redis", required_argument, NULL, 'R'},
                                            {"grace", required_argument, NULL, 'G'},
+                                           {"workers", required_argument, NULL, 'W'},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
@@ -67,6 +71,7 @@ int main(int argc, char **argv) {
   int nlisten = 0, ch, watch = 0;
   const char *redis = NULL;
   double grace = SL_GRACE;
+  long workers = 1;
   while ((ch = getopt_long(argc, argv, "l:whV", longopts, NULL)) != -1) {
     switch (ch) {
       case 'l':
@@ -100,6 +105,16 @@ int main(int argc, char **argv) {
           fprintf(stderr, "sluice: bad --grace '%s' (want seconds, 0 or more)\n", optarg);
           return 1;
         }
+        break;
+      }
+      case 'W': {
+        char *end;
+        workers = strcmp(optarg, "auto") == 0 ? (long)uv_available_parallelism() : strtol(optarg, &end, 10);
+        if (strcmp(optarg, "auto") != 0 && (end == optarg || *end || workers < 1 || workers > 256)) {
+          fprintf(stderr, "sluice: bad --workers '%s' (want 1 to 256, or auto)\n", optarg);
+          return 1;
+        }
+        if (workers > 256) workers = 256;
         break;
       }
       case 'h': usage(stdout); return 0;
@@ -136,6 +151,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   srv.hooks.stop = stop_all;
+  if (workers > 1 && !(srv.pool = sl_pool_new((int)workers - 1))) {
+    fprintf(stderr, "sluice: cannot start %ld worker threads\n", workers);
+    return 1;
+  }
 
   char err[4096];
   sl_vm *vm = sl_vm_open(&srv, script, NULL, err, sizeof err);
@@ -171,6 +190,7 @@ int main(int argc, char **argv) {
     goto out;
   }
   sl_info("sluice %s serving %s", SLUICE_VERSION, script);
+  if (workers > 1) sl_info("%ld workers write to the clients", workers);
   uv_run(&loop, UV_RUN_DEFAULT);
 out:
   sl_server_stop(&srv);
@@ -185,6 +205,7 @@ out:
   /* Lua's close may have closed handles of its own. */
   uv_run(&loop, UV_RUN_DEFAULT);
   sl_watchdog_stop();
+  sl_pool_free(srv.pool);
   sl_server_free(&srv);
   if (uv_loop_close(&loop)) sl_warn("event loop closed with handles still open");
   return status;

@@ -15,6 +15,7 @@ struct sl_vm;
 struct sl_redis;
 struct sl_task;
 struct sl_server;
+struct sl_pool;
 
 /* How the units below the Lua side (conn, server) call up into it and into
  * the engine, as libuv and Redis do it: through a small table of functions
@@ -85,6 +86,7 @@ typedef struct sl_server {
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   uv_prepare_t flusher;    /* writes out each turn's queued bytes before the loop waits */
+  struct sl_pool *pool;    /* the I/O threads that share those writes (--workers), NULL for one */
   struct sl_conn **dirty;  /* connections with bytes queued this turn (NULL: closed since) */
   size_t ndirty, capdirty;
   int stopping;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # dev.sh: installs what Sluice needs on Debian 12, builds it, and runs it or its tests.
 #   bash scripts/dev.sh run [sluice options]   build, then serve examples/hello.lua on 127.0.0.1:8080
-#   bash scripts/dev.sh test                   build three ways (ASan+UBSan, fuzzing, normal) and run every test
+#   bash scripts/dev.sh test                   build four ways (ASan+UBSan, fuzzing, TSan, normal) and run every test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +55,9 @@ case "${1:-}" in
     # libFuzzer targets (clang): the HTTP request path and the SSE encoder, 20 s each
     CC=clang TARGETS="fuzz_http fuzz_sse" build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON
     (cd build-fuzz && ctest --output-on-failure -R '^fuzz_')
+    # ThreadSanitizer over the threaded write path (--workers 2)
+    CC=clang TARGETS="sluice sse_load" build build-tsan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON
+    (cd build-tsan && ctest --output-on-failure -R '^tsan_')
     build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_VALGRIND_TESTS=ON
     cd build && ctest --output-on-failure
     ;;

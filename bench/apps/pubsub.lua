@@ -7,16 +7,20 @@ sluice.get("/sub/:chan", function(req) return sluice.subscribe(req.params.chan) 
 
 local ticker
 local published = 0
--- POST /run?hz=H&secs=S&burst=B: publish H events a second for S seconds to
--- "bench", B at a time (one tick every B/H seconds: B events in one loop turn).
+-- POST /run?hz=H&secs=S&burst=B[&count=N]: publish H events a second for S
+-- seconds to "bench", B at a time (one tick every B/H seconds: B events in one
+-- loop turn), and N events at most.
 sluice.post("/run", function(req)
   local hz, secs = tonumber(req.query.hz) or 10, tonumber(req.query.secs) or 10
   local burst = math.max(1, math.floor(tonumber(req.query.burst) or 1))
+  local count = tonumber(req.query.count) or math.huge
+  published = 0
   if ticker then ticker:stop() end
   local stop_at = sluice.now() + secs
   ticker = sluice.every(burst / hz, function()
     if sluice.now() >= stop_at then ticker:stop(); return end
     for _ = 1, burst do
+      if published >= count then ticker:stop(); return end
       if sluice.publish("bench", string.format("%.0f", sluice.now() * 1e9)) then published = published + 1 end
     end
   end)

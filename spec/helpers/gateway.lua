@@ -13,6 +13,8 @@ _M.VALGRIND = os.getenv("SLUICE_VALGRIND") == "1"
 -- Under valgrind or ASan the allocator is not the real one: memory bounds are not checked.
 _M.REAL_MEMORY = not _M.VALGRIND and os.getenv("SLUICE_SANITIZED") ~= "1"
 local SLOW = _M.VALGRIND and 20 or 1 -- deadlines stretch under valgrind
+-- SLUICE_WORKERS=N runs every gateway with --workers N (the suite runs both ways).
+_M.WORKERS = os.getenv("SLUICE_WORKERS")
 
 local tmpdir = os.getenv("TMPDIR") or "/tmp"
 local counter = 0
@@ -121,6 +123,33 @@ function _M.run(args, secs)
   end
 end
 
+--- Starts a helper program (argv[1] is the program) with stdout and stderr
+-- into files; returns its pid.
+function _M.tool(argv, out, err)
+  _M.write_file(out, "")
+  _M.write_file(err, "")
+  local pid = assert(unistd.fork())
+  if pid == 0 then
+    unistd.dup2(fcntl.open(out, fcntl.O_WRONLY + fcntl.O_TRUNC), 1)
+    unistd.dup2(fcntl.open(err, fcntl.O_WRONLY + fcntl.O_TRUNC), 2)
+    unistd.dup2(fcntl.open("/dev/null", fcntl.O_RDWR), 0)
+    unistd.execp(argv[1], { select(2, unpack(argv)) })
+    os.exit(127)
+  end
+  return pid
+end
+
+--- Waits (secs at most) for a child to exit; returns its exit code.
+function _M.wait_exit(pid, secs, what)
+  local code
+  _M.wait_for(function()
+    local p, how, c = wait.wait(pid, wait.WNOHANG)
+    if p == pid then code = how == "exited" and c or -1 end
+    return p == pid
+  end, secs, what)
+  return code
+end
+
 --- Starts sluice on a script (a path, or Lua text when opts.source is set).
 function _M.start(script, opts)
   opts = opts or {}
@@ -128,6 +157,10 @@ function _M.start(script, opts)
   if opts.source then path = _M.write_file(_M.tmpname(".lua"), script) end
   local port = _M.free_port()
   local args = { "--listen", "127.0.0.1:" .. port, "--log-level", opts.log_level or "debug" }
+  if _M.WORKERS then
+    args[#args + 1] = "--workers"
+    args[#args + 1] = _M.WORKERS
+  end
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
   args[#args + 1] = path
   local self = setmetatable({ port = port, script = path, log = _M.tmpname(".log"), temp = opts.source }, Server)
