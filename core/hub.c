@@ -518,6 +518,16 @@ static uint64_t replay_after(sl_hub *hub, sl_hub_chan **cs, int n, const char *l
   return 0;
 }
 
+int sl_hub_kept(sl_hub *hub, const char *name, size_t len, const char *id, size_t idlen) {
+  sl_hub_chan *c = find(hub, name, len, hash_of(name, len));
+  if (!c) return 0;
+  for (unsigned k = c->count; k-- > 0;) {
+    sl_hub_event *e = c->ring[(c->head + k) % c->cap];
+    if (e->idlen == idlen && memcmp(e->id, id, idlen) == 0) return 1;
+  }
+  return 0;
+}
+
 /* Finds (or makes) the channels of a subscription, without duplicates, into cs. */
 static int resolve(sl_hub *hub, const sl_hub_str *chans, int n, double now, sl_hub_chan **cs) {
   int ncs = 0;

@@ -176,6 +176,8 @@ int sl_hub_change(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, 
 /* The subscribers of a channel now, as a new array (*out, free it); their count or -ENOMEM. */
 int sl_hub_subs(sl_hub *hub, const char *name, size_t len, sl_hub_sub ***out);
 unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len);
+/* Whether the channel's history (this process's) still keeps the event of that id. */
+int sl_hub_kept(sl_hub *hub, const char *name, size_t len, const char *id, size_t idlen);
 /* Drops history older than ttl from channels not published to since; frees empty channels. */
 void sl_hub_sweep(sl_hub *hub, double now);
 

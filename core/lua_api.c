@@ -596,6 +596,27 @@ static int api_last_event_id(lua_State *L) {
   return 1;
 }
 
+/* kept(channel, id) -> whether the channel's history on this node keeps that event */
+static int api_kept(lua_State *L) {
+  size_t len, idlen;
+  const char *name = luaL_checklstring(L, 1, &len);
+  const char *id = luaL_checklstring(L, 2, &idlen);
+  lua_pushboolean(L, sl_hub_kept(&vm_of(L)->srv->hub, name, len, id, idlen));
+  return 1;
+}
+
+/* topic_matches(selector, topic) -> whether the selector selects the topic; error if malformed */
+static int api_topic_matches(lua_State *L) {
+  size_t sn, tn;
+  const char *sel = luaL_checklstring(L, 1, &sn);
+  const char *topic = luaL_checklstring(L, 2, &tn);
+  sl_matcher *m = sl_match_compile(sel, sn);
+  if (!m) return luaL_error(L, "bad topic selector '%s'", sel);
+  lua_pushboolean(L, sl_match(m, topic, tn));
+  sl_match_free(m);
+  return 1;
+}
+
 /* subscribers(channel) -> count */
 static int api_subscribers(lua_State *L) {
   size_t len;
@@ -885,6 +906,7 @@ static int open_core(lua_State *L) {
       {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok}, {"last_event_id", api_last_event_id},
+      {"kept", api_kept}, {"topic_matches", api_topic_matches},
       {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
       {"metrics", api_metrics}, {"metrics_text", api_metrics_text}, {"count_error", api_count_error},

@@ -91,11 +91,14 @@ static int compile_template(sl_matcher *m) {
 }
 
 sl_matcher *sl_match_compile(const char *sel, size_t len) {
+  int exact = len > 0 && sel[0] == '\0';
+  if (exact) sel++, len--;
   sl_matcher *m = calloc(1, sizeof *m + len + 1);
   if (!m) return NULL;
   memcpy(m->text, sel, len);
   m->len = len;
-  if (len == 1 && sel[0] == '*') m->kind = M_ALL;
+  if (exact) m->kind = M_EXACT;
+  else if (len == 1 && sel[0] == '*') m->kind = M_ALL;
   else if (memchr(sel, '{', len) || memchr(sel, '}', len)) m->kind = M_TEMPLATE;
   else if (memchr(sel, '*', len)) m->kind = M_GLOB;
   else m->kind = M_EXACT;

@@ -9,7 +9,8 @@
 typedef struct sl_matcher sl_matcher;
 
 /* Compiles a selector; NULL if out of memory or the template is malformed
- * (an unclosed "{", an unknown operator). */
+ * (an unclosed "{", an unknown operator). A selector whose first byte is NUL
+ * is the exact topic after it, whatever characters it holds. */
 sl_matcher *sl_match_compile(const char *sel, size_t len);
 void sl_match_free(sl_matcher *m);
 /* Whether the topic matches. */

@@ -58,5 +58,17 @@ int main(void) {
   CHECK(m("https://example.com/{}", "x") == -1);
   CHECK(m("https://example.com/{=x}", "x") == -1);
   CHECK(m("https://example.com/{a b}", "x") == -1);
+  /* A leading NUL byte makes the rest an exact topic: '*' and '{' are themselves. */
+  {
+    static const char sel[] = "\0https://example.com/{id}*";
+    sl_matcher *x = sl_match_compile(sel, sizeof sel - 1);
+    CHECK(x && sl_match_is_exact(x));
+    size_t tl;
+    const char *t = sl_match_text(x, &tl);
+    CHECK(tl == sizeof sel - 2 && memcmp(t, sel + 1, tl) == 0);
+    CHECK(sl_match(x, "https://example.com/{id}*", strlen("https://example.com/{id}*")) == 1);
+    CHECK(sl_match(x, "https://example.com/1", strlen("https://example.com/1")) == 0);
+    sl_match_free(x);
+  }
   return check_done("test_match");
 }

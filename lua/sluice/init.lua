@@ -116,10 +116,11 @@ function _M.response(st, body, headers)
   return setmetatable({ status = st, body = body, headers = headers }, Response)
 end
 
-local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, expires_at = true }
-local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true, expires_at = true }
+local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, expires_at = true, data = true }
+local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true, expires_at = true,
+  data = true }
 local SUBSCRIBE_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, snapshot = true,
-  expires_at = true, match = true, grants = true, last_event_id = true }
+  expires_at = true, match = true, grants = true, last_event_id = true, data = true }
 
 local function check_opts(opts, what, allowed, level)
   if opts == nil then return {} end
@@ -131,6 +132,7 @@ local function check_opts(opts, what, allowed, level)
     error("opts.heartbeat must be a number of seconds (0 = off)", level + 1)
   end
   if opts.on_close ~= nil and type(opts.on_close) ~= "function" then error("opts.on_close must be a function", level + 1) end
+  if opts.data ~= nil and type(opts.data) ~= "table" then error("opts.data must be a table", level + 1) end
   if opts.expires_at ~= nil and (type(opts.expires_at) ~= "number" or opts.expires_at ~= opts.expires_at) then
     error("opts.expires_at must be a time in seconds since the epoch", level + 1)
   end
@@ -187,10 +189,21 @@ function _M.subscribe(channels, opts)
   opts = check_opts(opts, "sluice.subscribe", SUBSCRIBE_KEYS, 2)
   for _, k in ipairs { "match", "grants" } do
     if opts[k] ~= nil then
-      opts[k] = string_list(opts[k], "sluice.subscribe: " .. k, 2)
-      for _, sel in ipairs(opts[k]) do
-        if not core.selector_ok(sel) then error("sluice.subscribe: bad topic selector '" .. sel .. "'", 2) end
+      local v, list = opts[k], {}
+      if type(v) == "string" or (type(v) == "table" and v.exact ~= nil) then v = { v } end
+      if type(v) ~= "table" then error("sluice.subscribe: " .. k .. " must be a selector or a list of them", 2) end
+      for i = 1, #v do
+        local sel = v[i]
+        if type(sel) == "table" and type(sel.exact) == "string" then
+          sel = "\0" .. sel.exact -- an exact topic, even with '*' or '{' in it
+        elseif type(sel) ~= "string" then
+          error("sluice.subscribe: " .. k .. " must be a selector or a list of them", 2)
+        elseif not core.selector_ok(sel) then
+          error("sluice.subscribe: bad topic selector '" .. sel .. "'", 2)
+        end
+        list[i] = sel
       end
+      opts[k] = list
     end
   end
   local lid = opts.last_event_id
@@ -240,6 +253,25 @@ end
 --- sluice.last_event_id(): the id of the newest event published (on this node), or nil:
 -- what a hub tells a subscriber it starts from (Mercure's Last-Event-ID response header).
 _M.last_event_id = core.last_event_id
+
+--- sluice.kept(channel, id): whether this node's history of the channel still
+-- keeps the event of that id (with Redis: false, history is in Redis).
+function _M.kept(channel, id)
+  if type(channel) ~= "string" then error("sluice.kept expects a channel name", 2) end
+  if type(id) == "number" then id = number(id) end
+  if type(id) ~= "string" then error("sluice.kept expects an event id", 2) end
+  return core.kept(channel, id)
+end
+
+--- sluice.topic_matches(selector, topic): whether a subscription selector
+-- (as sluice.subscribe takes them: a string, or { exact = topic }) selects the topic.
+function _M.topic_matches(selector, topic)
+  if type(topic) ~= "string" then error("sluice.topic_matches: the topic must be a string", 2) end
+  if type(selector) == "table" and type(selector.exact) == "string" then return selector.exact == topic end
+  if type(selector) ~= "string" then error("sluice.topic_matches: bad selector", 2) end
+  if not core.selector_ok(selector) then error("sluice.topic_matches: bad topic selector '" .. selector .. "'", 2) end
+  return core.topic_matches(selector, topic)
+end
 
 --- sluice.subscribers(channel): how many connections are subscribed to it now.
 function _M.subscribers(channel)
@@ -569,6 +601,10 @@ local function start_stream(conn, req, opts, heartbeat, extra, mode)
   local headers = merge_headers(SSE_HEADERS, opts.headers)
   if extra then headers = merge_headers(headers, extra) end
   local ok = c_start(conn, opts.status or 200, headers, opts.retry, heartbeat, mode, req.route)
+  if ok and opts.data then
+    local data = conn.data
+    for k, v in pairs(opts.data) do data[k] = v end
+  end
   if ok and opts.on_close then on_close(conn, opts.on_close) end
   if ok and opts.expires_at then
     -- a token's expiry: the stream ends then (at once if it has passed)

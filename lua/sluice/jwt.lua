@@ -19,7 +19,7 @@ local function decode_json(part)
   return type(v) == "table" and v or nil
 end
 
---- jwt.verify(token, keys, opts): the token's claims, or nil and why.
+--- jwt.verify(token, keys, opts): the token's claims and its header, or nil and why.
 -- keys: a secret (HS256) or a PEM public key (RS256), or a list of them (any may
 -- match: key rotation). opts: alg ("HS256", the default, or "RS256"), leeway
 -- (seconds allowed on exp and nbf, default 0).
@@ -61,7 +61,7 @@ function _M.verify(token, keys, opts)
   if claims.nbf ~= nil and (type(claims.nbf) ~= "number" or now + leeway < claims.nbf) then
     return nil, "token not yet valid"
   end
-  return claims
+  return claims, header
 end
 
 return _M

@@ -174,3 +174,31 @@ test("presence: pages see who is here and each other's shouts", async () => {
   await ann.context().close();
   assert.equal(await gw.stop(), 0);
 });
+
+test("mercure: the page subscribes and publishes; private updates reach only the page with a token", async () => {
+  const gw = await gateway("mercure.lua");
+  const anon = await page(), authed = await page();
+  const has = (p, data) => p.waitForFunction(
+    (d) => [...document.querySelectorAll("#events li")].some((li) => li.textContent.endsWith(": " + d)), data, { timeout: WAIT });
+  await anon.goto(gw.url("/"));
+  await anon.click("#subscribe button");
+  await anon.waitForFunction(() => document.getElementById("state").textContent === "subscribed", null, { timeout: WAIT });
+  await authed.goto(gw.url("/"));
+  await authed.check("#authorized");
+  await authed.click("#subscribe button");
+  await authed.waitForFunction(() => document.getElementById("state").textContent === "subscribed", null, { timeout: WAIT });
+  await authed.fill("#data", "for token holders");
+  await authed.check("#private");
+  await authed.click("#publish button");
+  await has(authed, "for token holders");
+  await anon.fill("#data", "for everyone");
+  await anon.click("#publish button");
+  await has(anon, "for everyone");
+  await has(authed, "for everyone");
+  const anonLines = await anon.locator("#events li").allTextContents();
+  assert.ok(!anonLines.some((l) => l.endsWith(": for token holders")), anonLines.join("\n"));
+  await shot(authed, "mercure");
+  await anon.context().close();
+  await authed.context().close();
+  assert.equal(await gw.stop(), 0);
+});
