@@ -4,7 +4,8 @@
 # the publish time), on loopback, with equivalent settings (100 events of
 # history, no heartbeats, no access log): memory per idle subscriber at 10,000
 # and 19,000 subscribers; fan-out to 10,000 subscribers at 5 and 20 events/s
-# and to 1,000 at 200 events/s (delivered/s, delivery %, p50/p99
+# and to 1,000 at 200 events/s, and to 10,000 at 50 events/s, past what one
+# core can write (delivered/s, delivery %, p50/p99
 # publish-to-delivery, server CPU per delivery, user and kernel apart). With
 # one worker each, then two (Sluice only once it has --workers).
 #
@@ -173,6 +174,7 @@ for w in 1 2; do
     fanout_run "$kind" "$w" 10000 5
     fanout_run "$kind" "$w" 10000 20
     fanout_run "$kind" "$w" 1000 200
+    fanout_run "$kind" "$w" 10000 50 # past what one core can write: saturation
   done
 done
 
@@ -185,27 +187,35 @@ awk -F, '
     if (cpu["nchan"] > 0) printf ", cpu per delivery %.2f (user %.2f)", cpu["sluice"] / cpu["nchan"], usr["sluice"] / usr["nchan"]
     print ""
   }' "$CSV"
+awk -F, '
+  $3 == "fanout" && $4 == 10000 && $5 == 50 && $2 == 2 { got[$1] = $7; p99[$1] = $10 }
+  END {
+    if (got["nchan"] > 0) printf "saturation (10,000 x 50/s), two workers each: delivered/s sluice %.0f nchan %.0f (%.2fx), p99 sluice %.1f ms nchan %.1f ms\n", got["sluice"], got["nchan"], got["sluice"] / got["nchan"], p99["sluice"] / 1000, p99["nchan"] / 1000
+  }' "$CSV"
 echo "csv: $CSV"
 
 gnuplot <<EOF
-set terminal pngcairo size 1100,420 font ",10"
+set terminal pngcairo size 1500,420 font ",10"
 set output "$OUT/compare.png"
 set datafile separator ","
-set multiplot layout 1,2 title "Sluice and nginx+nchan, one worker each ($(date +%F))"
+set multiplot layout 1,3 title "Sluice and nginx+nchan ($(date +%F))"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
 set grid ytics
 set yrange [0:*]
-set title "memory per idle subscriber (bytes)"
+set title "memory per idle subscriber (bytes), one worker"
 set xtics ("10,000" 0, "19,000" 1)
 plot "< awk -F, '\$3==\"memory\" && \$2==1 && \$1==\"sluice\"' $CSV" using 6 title "sluice", \
      "< awk -F, '\$3==\"memory\" && \$2==1 && \$1==\"nchan\"' $CSV" using 6 title "nchan"
-set title "server CPU per delivery (µs, user + kernel)"
-set xtics ("10k x 5/s" 0, "10k x 20/s" 1, "1k x 200/s" 2)
+set title "server CPU per delivery (µs, user + kernel), one worker"
+set xtics ("10k x 5/s" 0, "10k x 20/s" 1, "1k x 200/s" 2, "10k x 50/s" 3)
 plot "< awk -F, '\$3==\"fanout\" && \$2==1 && \$1==\"sluice\"' $CSV" using (\$11+\$12) title "sluice", \
      "< awk -F, '\$3==\"fanout\" && \$2==1 && \$1==\"nchan\"' $CSV" using (\$11+\$12) title "nchan"
+set title "delivered per second (thousands), two workers each"
+plot "< awk -F, '\$3==\"fanout\" && \$2==2 && \$1==\"sluice\"' $CSV" using (\$7/1000) title "sluice", \
+     "< awk -F, '\$3==\"fanout\" && \$2==2 && \$1==\"nchan\"' $CSV" using (\$7/1000) title "nchan"
 unset multiplot
 EOF
 echo "chart: $OUT/compare.png"

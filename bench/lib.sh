@@ -15,7 +15,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # start_gateway APP -> sets GW_PID, GW_PORT
 start_gateway() {
   GW_PORT=$(free_port)
-  "$BUILD/sluice" --log-level warn --listen "127.0.0.1:$GW_PORT" "$1" 2>"${GW_LOG:-/dev/null}" &
+  # SLUICE_ARGS: more options for the gateway, e.g. SLUICE_ARGS="--workers 2"
+  # shellcheck disable=SC2086
+  "$BUILD/sluice" --log-level warn --listen "127.0.0.1:$GW_PORT" ${SLUICE_ARGS:-} "$1" 2>"${GW_LOG:-/dev/null}" &
   GW_PID=$!
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$GW_PORT/health" >/dev/null && return 0

@@ -353,6 +353,7 @@ sluice.post(HUB, function(req)
   local rights, res = authenticate(req, PUBLISHER_KEY, true)
   if res then return res end
   local form = sluice.form.decode(req.body)
+  if not form then return challenge(400, "invalid_request", "the body is not a form") end
   local topics = list(form.topic)
   if #topics == 0 then return challenge(400, "invalid_request", "missing topic") end
   -- draft-08: exactly one topic; a token with the older "mercure" claim may name several

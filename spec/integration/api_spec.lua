@@ -168,3 +168,40 @@ describe("script API", function()
     assert.matches("%.lua:2: unknown HTTP method 'FETCH'", err)
   end)
 end)
+
+describe("script API for hub-like scripts", function()
+  it("opts.data starts conn.data; topic_matches and kept answer", function()
+    local g = gw.start([[
+      local sluice = require "sluice"
+      sluice.get("/sub", function() return sluice.subscribe("c", { data = { who = "ann" } }) end)
+      sluice.get("/who", function()
+        local out = {}
+        for _, c in ipairs(sluice.connections { route = "/sub" }) do out[#out + 1] = c.data.who end
+        return sluice.response(200, table.concat(out, ","))
+      end)
+      sluice.get("/pub", function() return sluice.response(200, sluice.publish("c", "x")) end)
+      sluice.get("/kept/:id", function(req) return sluice.response(200, tostring(sluice.kept("c", req.params.id))) end)
+      sluice.get("/m", function(req)
+        return sluice.response(200, tostring(sluice.topic_matches(req.query.s, req.query.t)) .. "," ..
+          tostring(sluice.topic_matches({ exact = req.query.s }, req.query.t)))
+      end)
+      sluice.get("/bad", function()
+        local ok, err = pcall(sluice.subscribe, "c", { data = 5 })
+        return sluice.response(ok and 500 or 400, tostring(err))
+      end)
+    ]], { source = true })
+    local c = g:sse("/sub")
+    gw.wait_for(function() return g:request("GET", "/who").body == "ann" end, 5, "conn.data from opts.data")
+    local id = g:request("GET", "/pub").body
+    assert.equal("true", g:request("GET", "/kept/" .. id).body)
+    assert.equal("false", g:request("GET", "/kept/12345").body)
+    assert.equal("true,false", g:request("GET", "/m?s=a/%7Bid%7D&t=a/7").body)
+    assert.equal("false,true", g:request("GET", "/m?s=a/%7Bid%7D&t=a/%7Bid%7D").body)
+    local bad = g:request("GET", "/bad")
+    assert.equal(400, bad.status)
+    assert.truthy(bad.body:find("opts.data must be a table", 1, true))
+    c:close()
+    g:stop()
+  end)
+end)
+
