@@ -450,7 +450,7 @@ static void pump(sl_conn *c) {
 }
 
 int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen,
-                      sl_hub_filter *filter) {
+                      sl_hub_filter *filter, int gateway) {
   if (c->closing || c->ending || c->sub) {
     sl_hub_filter_free(filter);
     return c->sub ? -EALREADY : -EPIPE;
@@ -461,6 +461,7 @@ int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *la
     return -ENOMEM;
   }
   s->filter = filter;
+  s->gateway = gateway ? 1 : 0;
   s->deliver = sub_deliver;
   s->data = c;
   double now = (double)uv_hrtime() / 1e9;

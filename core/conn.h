@@ -87,10 +87,11 @@ int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, si
  * >= 0; starts heartbeats if heartbeat > 0. */
 int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbeat, long long retry);
 /* Subscribes the connection (already streaming) to n channels, replaying after
- * last_id, with filter (NULL: none; the connection owns it from here, failure included).
+ * last_id (from the gateway-wide history when gateway is 1, else from the
+ * channels'), with filter (NULL: none; the connection owns it from here, failure included).
  * Returns the number of events replayed, or a negative errno (-EPIPE: it was closed). */
 int sl_conn_subscribe(sl_conn *c, const sl_hub_str *chans, int n, const char *last_id, size_t lidlen,
-                      sl_hub_filter *filter);
+                      sl_hub_filter *filter, int gateway);
 /* Adds (add = 1) or removes channels of the connection's subscription. 0,
  * -ENOENT (not subscribed), -EPIPE (closing), or what sl_hub_change returns. */
 int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add);

@@ -324,8 +324,7 @@ static void maybe_free(sl_hub *hub, sl_hub_chan *c) {
 }
 
 /* Makes the ring hold hub->history events, keeping the newest. */
-static int resize_ring(sl_hub *hub, sl_hub_chan *c) {
-  unsigned cap = hub->history;
+static int resize_ring(sl_hub_chan *c, unsigned cap) {
   while (c->count > cap) drop_oldest(c);
   sl_hub_event **r = cap ? calloc(cap, sizeof *r) : NULL;
   if (cap && !r) return -ENOMEM;
@@ -337,15 +336,28 @@ static int resize_ring(sl_hub *hub, sl_hub_chan *c) {
   return 0;
 }
 
-static void push(sl_hub *hub, sl_hub_chan *c, sl_hub_event *e, double now) {
-  if (c->cap != hub->history && resize_ring(hub, c)) return;
-  if (!c->cap) return;
+/* Keeps e in the ring (cap events), dropping the oldest; 0, or -1 if it did not. */
+static int ring_push(sl_hub_chan *c, unsigned cap, sl_hub_event *e) {
+  if (c->cap != cap && resize_ring(c, cap)) return -1;
+  if (!c->cap) return -1;
   if (c->count == c->cap) drop_oldest(c);
   c->ring[(c->head + c->count) % c->cap] = e;
   e->refs++;
   c->count++;
+  return 0;
+}
+
+static void push(sl_hub *hub, sl_hub_chan *c, sl_hub_event *e, double now) {
+  if (ring_push(c, hub->history, e)) return;
   c->last_pub = now;
   publist_append(hub, c);
+}
+
+/* The gateway-wide history: the last gw_history events of every channel, each once. */
+static void push_all(sl_hub *hub, sl_hub_event *e, double now) {
+  if (!hub->all && !(hub->all = calloc(1, sizeof *hub->all))) return;
+  trim_expired(hub, hub->all, now);
+  ring_push(hub->all, hub->gw_history, e);
 }
 
 int sl_hub_event_new(uint64_t seq, const char *data, size_t len, const char *id, size_t idlen, const char *event,
@@ -454,6 +466,7 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
   e->refs++;
   if (hub->last) event_unref(hub->last);
   hub->last = e;
+  if (hub->gw_history || hub->all) push_all(hub, e, now);
   for (int i = 0; i < n; i++) {
     sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
     if (!c) continue;
@@ -687,7 +700,10 @@ static int subscribe(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int 
     return ncs;
   }
   sl_hub_event **es = NULL;
-  int nes = last_id && !held ? replay_list(hub, cs, ncs, last_id, lidlen, &es) : 0;
+  /* The gateway-wide history holds every channel's events (the filter picks). */
+  int nes = !last_id || held ? 0
+            : sub->gateway ? (hub->all ? replay_list(hub, &hub->all, 1, last_id, lidlen, &es) : 0)
+                           : replay_list(hub, cs, ncs, last_id, lidlen, &es);
   if (nes < 0) {
     for (int i = 0; i < ncs; i++) maybe_free(hub, cs[i]);
     free(links);
@@ -830,6 +846,10 @@ unsigned sl_hub_subscribers(sl_hub *hub, const char *name, size_t len) {
 }
 
 void sl_hub_sweep(sl_hub *hub, double now) {
+  if (hub->all) {
+    trim_expired(hub, hub->all, now);
+    while (hub->all->count > hub->gw_history) drop_oldest(hub->all);
+  }
   while (hub->phead && hub->phead->last_pub + hub->ttl <= now) {
     sl_hub_chan *c = hub->phead;
     while (c->count) drop_oldest(c);
@@ -841,6 +861,12 @@ void sl_hub_sweep(sl_hub *hub, double now) {
 void sl_hub_free(sl_hub *hub) {
   if (hub->last) event_unref(hub->last);
   hub->last = NULL;
+  if (hub->all) {
+    while (hub->all->count) drop_oldest(hub->all);
+    free(hub->all->ring);
+    free(hub->all);
+    hub->all = NULL;
+  }
   for (size_t i = 0; i < hub->nbuckets; i++) {
     for (sl_hub_chan *c = hub->buckets[i], *next; c; c = next) {
       next = c->hnext;

@@ -78,6 +78,7 @@ typedef struct sl_hub_sub {
   uint8_t counted;    /* in hub->nsubs */
   uint8_t indexed;    /* found through its channels' topic index, not by a scan */
   uint8_t mark;       /* scratch for a walk over the index (sl_hub_subs) */
+  uint8_t gateway;    /* set before subscribing: replay from the gateway-wide history */
   void *pending;      /* the engine's replay request for it, if one is under way */
   sl_hub_filter *filter; /* which events it wants, NULL: all but private ones (the caller owns it) */
 } sl_hub_sub;
@@ -103,6 +104,8 @@ typedef struct sl_hub {
   uint64_t next_seq;
   sl_hub_chan *phead, *ptail;           /* least recently published first */
   unsigned history;                     /* events kept per channel */
+  unsigned gw_history;                  /* events kept gateway-wide (0: none) */
+  struct sl_hub_chan *all;              /* the gateway-wide history: a ring of no channel */
   double ttl;                           /* seconds an event is kept */
   size_t hold_limit;                    /* bytes held for one subscriber awaiting its replay */
   uint64_t published, delivered, dropped_slow;

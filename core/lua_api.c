@@ -326,6 +326,7 @@ static int api_config(lua_State *L) {
   if (strcmp(key, "heartbeat") == 0) cfg->heartbeat = v;
   else if (strcmp(key, "history") == 0) cfg->history = v;
   else if (strcmp(key, "history_ttl") == 0) cfg->history_ttl = v;
+  else if (strcmp(key, "gateway_history") == 0) cfg->gateway_history = v;
   else if (strcmp(key, "queue_limit") == 0) cfg->queue_limit = (size_t)v;
   else if (strcmp(key, "max_connections") == 0) cfg->max_connections = (unsigned)v;
   else if (strcmp(key, "max_header") == 0) cfg->max_header = (size_t)v;
@@ -469,7 +470,7 @@ static int api_selector_ok(lua_State *L) {
   return 1;
 }
 
-/* subscribe(conn, channels, last_event_id, match, grants) -> replayed count, or nil, "closed" */
+/* subscribe(conn, channels, last_event_id, match, grants, gateway) -> replayed count, or nil, "closed" */
 static int api_subscribe(lua_State *L) {
   check_ud(L, 1);
   sl_hub_str chans[SL_MAX_CHANNELS];
@@ -493,7 +494,7 @@ static int api_subscribe(lua_State *L) {
     sl_hub_filter_free(filter);
     return fail(L, "closed");
   }
-  int r = sl_conn_subscribe(c, chans, n, lid, lidlen, filter);
+  int r = sl_conn_subscribe(c, chans, n, lid, lidlen, filter, lua_toboolean(L, 6));
   if (r == -EALREADY) return luaL_error(L, "the connection is already subscribed");
   if (r == -ENOMEM) return fail(L, "out of memory");
   if (r < 0) return fail(L, "closed");

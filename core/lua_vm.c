@@ -157,6 +157,7 @@ void sl_vm_activate(sl_vm *vm) {
   srv->cfg = vm->cfg;
   /* With Redis, history lives there: the hub keeps none. */
   srv->hub.history = srv->redis ? 0 : (unsigned)vm->cfg.history;
+  srv->hub.gw_history = srv->redis ? 0 : (unsigned)vm->cfg.gateway_history;
   srv->hub.hold_limit = vm->cfg.queue_limit;
   srv->hub.ttl = vm->cfg.history_ttl;
   sl_watchdog_limit(vm->cfg.watchdog);

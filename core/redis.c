@@ -28,13 +28,15 @@
 #include "rproto.h"
 #include "server.h"
 
+#define SL_REDIS_ALL "sluice:all" /* the gateway-wide history stream */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define HANDSHAKE_MS 5000
 
-/* KEYS: the channels' history streams. ARGV: data, id, has id, event, has
- * event, retry, history, history_ttl, the node channel, private, the number
- * of topics, the topics, the channel names. Returns the event's seq. */
+/* KEYS: the channels' history streams, then the gateway-wide one. ARGV: data,
+ * id, has id, event, has event, retry, history, history_ttl, the node channel,
+ * private, the number of topics, gateway_history, the topics, the channel
+ * names. Returns the event's seq. */
 static const char PUBLISH_LUA[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
@@ -45,15 +47,15 @@ static const char PUBLISH_LUA[] =
     "local hasid, hasev = ARGV[3] == '1', ARGV[5] == '1'\n"
     "local head = { 'v2', s, ARGV[6], hasid and #ARGV[2] or -1, hasev and #ARGV[4] or -1, ARGV[10], ARGV[11] }\n"
     "local names = {}\n"
-    "for i = 12, #ARGV do head[#head + 1] = #ARGV[i]; names[#names + 1] = ARGV[i] end\n"
+    "for i = 13, #ARGV do head[#head + 1] = #ARGV[i]; names[#names + 1] = ARGV[i] end\n"
     "local msg = table.concat(head, ',') .. '\\n' .. (hasid and ARGV[2] or '') .. (hasev and ARGV[4] or '')\n"
     "  .. table.concat(names) .. ARGV[1]\n"
-    "local hist, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
-    "if hist > 0 then\n"
-    "  for i = 1, #KEYS do\n"
-    "    local k = KEYS[i]\n"
-    "    if hasid then redis.call('XADD', k, 'MAXLEN', hist, s .. '-0', 'm', msg, 'i', ARGV[2])\n"
-    "    else redis.call('XADD', k, 'MAXLEN', hist, s .. '-0', 'm', msg) end\n"
+    "local hist, ttl, gw = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[12])\n"
+    "for i = 1, #KEYS do\n"
+    "  local k, max = KEYS[i], i < #KEYS and hist or gw\n"
+    "  if max > 0 then\n"
+    "    if hasid then redis.call('XADD', k, 'MAXLEN', max, s .. '-0', 'm', msg, 'i', ARGV[2])\n"
+    "    else redis.call('XADD', k, 'MAXLEN', max, s .. '-0', 'm', msg) end\n"
     "    if ttl > 0 then\n"
     "      redis.call('XTRIM', k, 'MINID', string.format('%.0f', math.max(0, now - ttl * 1000000)))\n"
     "      redis.call('PEXPIRE', k, math.ceil(ttl * 1000))\n"
@@ -637,7 +639,8 @@ static void on_replay(redisAsyncContext *ac, void *reply_, void *priv) {
 
 static void send_replay(sl_redis *r, rreplay *p) {
   sl_hub_sub *sub = p->sub;
-  int n = (int)sub->nlinks;
+  /* From the gateway-wide stream, or from the channels' own. */
+  int n = sub->gateway ? 1 : (int)sub->nlinks;
   const char **argv = malloc((size_t)(n + 7) * sizeof *argv);
   size_t *lens = malloc((size_t)(n + 7) * sizeof *lens);
   char **keys = calloc((size_t)n + 1, sizeof *keys);
@@ -651,6 +654,10 @@ static void send_replay(sl_redis *r, rreplay *p) {
     argv[a] = REPLAY_LUA, lens[a++] = sizeof REPLAY_LUA - 1;
     argv[a] = nk, lens[a++] = strlen(nk);
     for (int i = 0; i < n && ok; i++) {
+      if (sub->gateway) {
+        argv[a] = SL_REDIS_ALL, lens[a++] = sizeof SL_REDIS_ALL - 1;
+        break;
+      }
       sl_hub_chan *c = sub->links[i].chan;
       ok = (keys[i] = malloc(c->namelen + 9)) != NULL;
       if (!ok) break;
@@ -722,13 +729,14 @@ int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *da
   if (!r->up) return -ENOTCONN;
   if (ntopics > SL_RMSG_MAX_TOPICS) return -E2BIG;
   rpub *p = malloc(sizeof *p + (id ? idlen : 0) + 1);
-  const char **argv = malloc((size_t)(2 * n + ntopics + 14) * sizeof *argv);
-  size_t *lens = malloc((size_t)(2 * n + ntopics + 14) * sizeof *lens);
+  const char **argv = malloc((size_t)(2 * n + ntopics + 16) * sizeof *argv);
+  size_t *lens = malloc((size_t)(2 * n + ntopics + 16) * sizeof *lens);
   char **keys = calloc((size_t)n + 1, sizeof *keys);
   int ok = p && argv && lens && keys, a = 0;
-  char nk[16], rs[24], hist[24], ttl[32], nt[16];
+  char nk[16], rs[24], hist[24], ttl[32], nt[16], gw[24];
   snprintf(nt, sizeof nt, "%u", ntopics);
-  snprintf(nk, sizeof nk, "%d", n);
+  snprintf(nk, sizeof nk, "%d", n + 1);
+  snprintf(gw, sizeof gw, "%u", (unsigned)r->srv->cfg.gateway_history);
   snprintf(rs, sizeof rs, "%lld", retry < 0 ? -1 : retry);
   snprintf(hist, sizeof hist, "%u", (unsigned)r->srv->cfg.history);
   snprintf(ttl, sizeof ttl, "%.3f", r->srv->cfg.history_ttl);
@@ -743,6 +751,7 @@ int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *da
       memcpy(keys[i] + 9, chans[i].p, chans[i].len);
       argv[a] = keys[i], lens[a++] = chans[i].len + 9;
     }
+    argv[a] = SL_REDIS_ALL, lens[a++] = sizeof SL_REDIS_ALL - 1;
     argv[a] = data, lens[a++] = len;
     argv[a] = id ? id : "", lens[a++] = id ? idlen : 0;
     argv[a] = id ? "1" : "0", lens[a++] = 1;
@@ -754,6 +763,7 @@ int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *da
     argv[a] = r->evchan, lens[a++] = strlen(r->evchan);
     argv[a] = priv ? "1" : "0", lens[a++] = 1;
     argv[a] = nt, lens[a++] = strlen(nt);
+    argv[a] = gw, lens[a++] = strlen(gw);
     for (unsigned i = 0; i < ntopics; i++) argv[a] = topics[i].p, lens[a++] = topics[i].len;
     for (int i = 0; i < n; i++) argv[a] = chans[i].p, lens[a++] = chans[i].len;
   }

@@ -49,6 +49,7 @@ typedef struct sl_config {
   long long retry;         /* ms sent as retry: at stream start, -1 = none */
   double history;          /* events kept per channel */
   double history_ttl;      /* seconds an event stays in history */
+  double gateway_history;  /* events kept across all channels (replay = "gateway"), 0 = none */
   size_t queue_limit;      /* bytes queued for one connection before it counts as slow */
   unsigned max_connections;
   size_t max_header;

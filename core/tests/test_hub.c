@@ -343,5 +343,36 @@ int main(void) {
   sl_hub_unsubscribe(&h, &live.sub);
   for (int i = 0; i < 6; i++) sl_hub_event_unref(ev[i]);
   sl_hub_free(&h);
+  /* The gateway-wide history: the last gw_history events of every channel,
+   * each once, for a subscriber that asks for it (sub.gateway); the channels'
+   * own histories are unchanged. Expiry and freeing apply to it too. */
+  {
+    sl_hub g;
+    CHECK(sl_hub_init(&g, 1, 2, 60) == 0);
+    g.gw_history = 4;
+    char first[32];
+    pub(&g, "p", NULL, 1, first);        /* 1 */
+    pub(&g, "p", NULL, 1, NULL);         /* 2 */
+    sl_hub_str both[2] = {S("p"), S("q")};
+    CHECK(sl_hub_publish(&g, both, 2, "d", 1, NULL, 0, NULL, 0, -1, NULL, 0, 0, 1, id, 32) == 0); /* 3, on both */
+    pub(&g, "q", NULL, 1, NULL);         /* 4 */
+    pub(&g, "r", NULL, 1, NULL);         /* 5: 1 leaves the gateway ring */
+    rec a, b;
+    rec_init(&a);
+    rec_init(&b);
+    a.sub.gateway = 1;
+    CHECK(sub(&g, &a, "z", NULL, "2", 2) == 3); /* 3 (once), 4, 5: from channels z never had */
+    const char *want[] = {"3", "4", "5"};
+    CHECK(got_is(&a, want, 3));
+    CHECK(sub(&g, &b, "z", NULL, "2", 2) == 0); /* its own channels: nothing */
+    pub(&g, "z", NULL, 2, NULL);
+    CHECK(a.n == 4 && b.n == 1 && strcmp(a.got[3], "6") == 0);
+    sl_hub_unsubscribe(&g, &a.sub);
+    sl_hub_unsubscribe(&g, &b.sub);
+    sl_hub_sweep(&g, 1000); /* past the ttl: the gateway ring empties */
+    CHECK(g.all && g.all->count == 0);
+    sl_hub_free(&g);
+  }
+
   return check_done("test_hub");
 }

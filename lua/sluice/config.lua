@@ -28,6 +28,7 @@ _M.keys = {
   retry = { whole, "a whole number of milliseconds" },
   history = { whole, "a whole number of events" },
   history_ttl = { nonneg, "a number of seconds" },
+  gateway_history = { whole, "a whole number of events" },
   queue_limit = { whole, "a whole number of bytes" },
   max_connections = { whole, "a whole number" },
   max_header = { whole, "a whole number of bytes" },

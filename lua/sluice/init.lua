@@ -120,7 +120,7 @@ local STREAM_KEYS = { headers = true, retry = true, heartbeat = true, on_close =
 local RAW_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, status = true, expires_at = true,
   data = true }
 local SUBSCRIBE_KEYS = { headers = true, retry = true, heartbeat = true, on_close = true, snapshot = true,
-  expires_at = true, match = true, grants = true, last_event_id = true, data = true }
+  expires_at = true, match = true, grants = true, last_event_id = true, data = true, replay = true }
 
 local function check_opts(opts, what, allowed, level)
   if opts == nil then return {} end
@@ -205,6 +205,9 @@ function _M.subscribe(channels, opts)
       end
       opts[k] = list
     end
+  end
+  if opts.replay ~= nil and opts.replay ~= "gateway" and opts.replay ~= "channels" then
+    error('sluice.subscribe: replay must be "channels" or "gateway"', 2)
   end
   local lid = opts.last_event_id
   if lid ~= nil and type(lid) ~= "string" and type(lid) ~= "number" then
@@ -679,7 +682,7 @@ function modes.subscribe(conn, req, m, cors)
   if m.opts.snapshot ~= nil and not send_value(conn, m.opts.snapshot) then return end
   local lid = m.opts.last_event_id
   if lid == nil then lid = req.last_event_id end
-  if core.subscribe(conn, m.value, lid, m.opts.match, m.opts.grants) and not hooks[conn] then
+  if core.subscribe(conn, m.value, lid, m.opts.match, m.opts.grants, m.opts.replay == "gateway") and not hooks[conn] then
     -- The hub alone serves it from now on: the script (and its state, after a reload) can let go.
     core.release(conn)
   end

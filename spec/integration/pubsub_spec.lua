@@ -115,6 +115,29 @@ describe("pub/sub", function()
     c:close()
   end)
 
+  it("replays from the gateway-wide history with replay = \"gateway\": every channel's events, filtered", function()
+    local function fpub(chan, topic, body)
+      local res = s:request("POST", "/fpub/" .. chan .. "?topic=" .. topic, body)
+      assert.equal(202, res.status, res.body)
+      return res.body
+    end
+    local first = fpub("gw1", "n/0", "before")
+    fpub("gw1", "n/1", "one")
+    fpub("gw2", "other", "not selected")
+    fpub("gw2", "n/2", "two")
+    for i = 3, 8 do fpub("gw2", "n/" .. i, "more") end -- gw2 keeps only 5 (history), the gateway 20
+    local c = subscribe("/fsub/gw3?replay=gateway&match=n%2F%7Bid%7D", { ["Last-Event-ID"] = first })
+    local got = {}
+    repeat
+      local ev = assert(c:read_event())
+      if ev.data then got[#got + 1] = ev.data end
+    until #got == 8
+    assert.same({ "one", "two", "more", "more", "more", "more", "more", "more" }, got)
+    c:close()
+    local bad = s:request("GET", "/fsub/gw3?replay=everything")
+    assert.equal(500, bad.status)
+  end)
+
   it("keeps only the last `history` events; an id older than that replays all kept", function()
     local ids = {}
     for i = 1, 8 do ids[i] = pub("short", "s" .. i) end

@@ -251,6 +251,29 @@ describe("redis engine", function()
     sel:close(); granted:close(); late:close()
   end)
 
+  it("replays from the gateway-wide history: every channel's events, through the subscriber's filter", function()
+    local function esc(v) return (v:gsub("[^%w%-_.]", function(ch) return ("%%%02X"):format(ch:byte()) end)) end
+    local function fpub(chan, topic, body)
+      local res = a:request("POST", "/fpub/" .. chan .. "?topic=" .. esc(topic), body)
+      assert.equal(202, res.status, res.body)
+      return res.body
+    end
+    local first = fpub("gw-a", "https://x/n/0", "before")
+    fpub("gw-a", "https://x/n/1", "one")
+    fpub("gw-b", "https://x/other", "not selected")
+    fpub("gw-b", "https://x/n/2", "two")
+    local late = subscribe(c, "/fsub/gw-c?replay=gateway&match=" .. esc("https://x/n/{id}"), { ["Last-Event-ID"] = first })
+    local got = read_events(late, 2)
+    assert.same({ "one", "two" }, { got[1].data, got[2].data })
+    -- without replay = "gateway", the channel's own history: nothing was published to gw-c
+    local own = subscribe(c, "/fsub/gw-c?match=" .. esc("https://x/n/{id}"), { ["Last-Event-ID"] = first })
+    wait_subscribed(c, "gw-c", 2)
+    fpub("gw-c", "https://x/n/3", "live")
+    assert.equal("live", read_events(late, 1)[1].data)
+    assert.equal("live", read_events(own, 1)[1].data)
+    late:close(); own:close()
+  end)
+
   it("drops a slow subscriber on one node without slowing the others", function()
     local slow = subscribe(a, "/sub/fire")
     local fast = subscribe(b, "/sub/fire")
