@@ -7,12 +7,17 @@
 # and to 1,000 at 200 events/s, and to 10,000 at 50 events/s, past what one
 # core can write (delivered/s, delivery %, p50/p99
 # publish-to-delivery, server CPU per delivery, user and kernel apart). With
-# one worker each, then two (Sluice only once it has --workers).
+# one worker each, then two (Sluice only once it has --workers). Delivered/s is
+# over the run's SECONDS, or over the time the publisher took when the server
+# answered it late (at saturation).
 #
 # Installs nginx with Debian's nchan module and gnuplot if missing. Prints a
 # table, writes bench/results/compare.csv and draws bench/results/compare.png.
 # Usage: bash bench/compare.sh [SECONDS per fan-out run (10)]
+#        bash bench/compare.sh --chart   (only draws the chart again from the CSV)
 source "$(dirname "$0")/lib.sh"
+CHART_ONLY=0
+[ "${1:-}" = "--chart" ] && CHART_ONLY=1 && shift
 SECS=${1:-10}
 OUT="$BENCH_DIR/results"
 CSV="$OUT/compare.csv"
@@ -28,6 +33,7 @@ if [ ${#need[@]} -gt 0 ]; then
   # Debian starts the packaged nginx on port 80: this benchmark runs its own.
   systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || true
 fi
+if [ "$CHART_ONLY" = 0 ]; then
 bench_build
 
 NG_DIR=$(mktemp -d /tmp/sluice-nchan.XXXXXX)
@@ -141,9 +147,11 @@ fanout_run() { # KIND WORKERS N HZ
   local kind=$1 w=$2 n=$3 hz=$4 ch="fan$3x$4"
   start_server "$kind" "$w"
   subscribe "$n" "$ch"
-  local c0 c1 published
+  local c0 c1 published t0 t1
   c0=$(cpu_split)
+  t0=$(date +%s.%N)
   published=$(python3 "$BENCH_DIR/publish.py" "$SRV_PORT" "/pub/$ch" "$hz" "$SECS")
+  t1=$(date +%s.%N) # past SECS when the server answers the publisher late (saturation)
   sleep 2 # the last events reach everyone
   c1=$(cpu_split)
   unsubscribe
@@ -151,8 +159,9 @@ fanout_run() { # KIND WORKERS N HZ
   local samples p50 p99
   samples=$(field samples); p50=$(field p50_us); p99=$(field p99_us)
   awk -v k="$kind" -v w="$w" -v n="$n" -v hz="$hz" -v secs="$SECS" -v pub="$published" -v got="${samples:-0}" \
-    -v p50="${p50:-0}" -v p99="${p99:-0}" -v c0="$c0" -v c1="$c1" -v csv="$CSV" 'BEGIN {
+    -v p50="${p50:-0}" -v p99="${p99:-0}" -v c0="$c0" -v c1="$c1" -v csv="$CSV" -v t0="$t0" -v t1="$t1" 'BEGIN {
     split(c0, a, " "); split(c1, b, " ")
+    if (t1 - t0 > secs) secs = t1 - t0
     d = got > 0 ? got : 1
     user = (b[1] - a[1]) * 1e6 / d; kern = (b[2] - a[2]) * 1e6 / d
     pct = pub * n > 0 ? 100 * got / (pub * n) : 0
@@ -193,6 +202,7 @@ awk -F, '
     if (got["nchan"] > 0) printf "saturation (10,000 x 50/s), two workers each: delivered/s sluice %.0f nchan %.0f (%.2fx), p99 sluice %.1f ms nchan %.1f ms\n", got["sluice"], got["nchan"], got["sluice"] / got["nchan"], p99["sluice"] / 1000, p99["nchan"] / 1000
   }' "$CSV"
 echo "csv: $CSV"
+fi
 
 gnuplot <<EOF
 set terminal pngcairo size 1500,420 font ",10"
@@ -214,6 +224,7 @@ set xtics ("10k x 5/s" 0, "10k x 20/s" 1, "1k x 200/s" 2, "10k x 50/s" 3)
 plot "< awk -F, '\$3==\"fanout\" && \$2==1 && \$1==\"sluice\"' $CSV" using (\$11+\$12) title "sluice", \
      "< awk -F, '\$3==\"fanout\" && \$2==1 && \$1==\"nchan\"' $CSV" using (\$11+\$12) title "nchan"
 set title "delivered per second (thousands), two workers each"
+set key top left
 plot "< awk -F, '\$3==\"fanout\" && \$2==2 && \$1==\"sluice\"' $CSV" using (\$7/1000) title "sluice", \
      "< awk -F, '\$3==\"fanout\" && \$2==2 && \$1==\"nchan\"' $CSV" using (\$7/1000) title "nchan"
 unset multiplot
