@@ -597,12 +597,49 @@ static int api_last_event_id(lua_State *L) {
   return 1;
 }
 
-/* kept(channel, id) -> whether the channel's history on this node keeps that event */
+static void on_redis_kept(void *arg, const char *v, size_t len, const char *err) {
+  pubwait *w = arg;
+  sl_task *t = w->task;
+  free(w);
+  if (!t) return;
+  if (err) {
+    lua_pushnil(t->co);
+    lua_pushfstring(t->co, "redis: %s", err);
+  } else {
+    lua_pushboolean(t->co, v[0] == '1');
+  }
+  sl_task_wake(t, err ? 2 : 1);
+}
+
+/* kept(channel, id) -> whether the channel's history keeps that event; with
+ * Redis, the await tag (the caller yields it and is resumed with the answer or
+ * nil, err), or nil, err where nobody can wait. */
 static int api_kept(lua_State *L) {
   size_t len, idlen;
   const char *name = luaL_checklstring(L, 1, &len);
   const char *id = luaL_checklstring(L, 2, &idlen);
-  lua_pushboolean(L, sl_hub_kept(&vm_of(L)->srv->hub, name, len, id, idlen));
+  sl_server *srv = vm_of(L)->srv;
+  if (!srv->redis) {
+    lua_pushboolean(L, sl_hub_kept(&srv->hub, name, len, id, idlen));
+    return 1;
+  }
+  int main_thread = lua_pushthread(L);
+  lua_pop(L, 1);
+  if (main_thread) return fail(L, "with Redis, sluice.kept waits: call it from a handler, stream or timer");
+  pubwait *w = calloc(1, sizeof *w);
+  if (!w) return fail(L, "out of memory");
+  sl_task *t = sl_task_current(vm_of(L), (void **)&w->task);
+  if (!t) {
+    free(w);
+    return fail(L, "with Redis, sluice.kept waits: call it from a handler, stream or timer");
+  }
+  int r = sl_redis_kept(srv->redis, name, len, id, idlen, on_redis_kept, w);
+  if (r) {
+    t->await_slot = NULL;
+    free(w);
+    return fail(L, r == -ENOMEM ? "out of memory" : "redis unavailable");
+  }
+  sl_sched_push_tag(vm_of(L), L, SL_TAG_AWAIT);
   return 1;
 }
 

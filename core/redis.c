@@ -65,6 +65,20 @@ static const char PUBLISH_LUA[] =
     "redis.call('PUBLISH', ARGV[9], msg)\n"
     "return s\n";
 
+/* KEYS: a channel's history stream. ARGV: an event id, history_ttl. Returns 1
+ * when the stream keeps that event (by its own id, else by its seq), else 0. */
+static const char KEPT_LUA[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local ttl, min = tonumber(ARGV[2]), '-'\n"
+    "if ttl > 0 then min = string.format('%.0f', math.max(0, now - ttl * 1000000)) end\n"
+    "for _, e in ipairs(redis.call('XRANGE', KEYS[1], min, '+')) do\n"
+    "  local f, id = e[2]\n"
+    "  for j = 1, #f, 2 do if f[j] == 'i' then id = f[j + 1] end end\n"
+    "  if id == ARGV[1] or (not id and string.match(e[1], '^(%d+)') == ARGV[1]) then return 1 end\n"
+    "end\n"
+    "return 0\n";
+
 /* ARGV: mode ('id': replay after a Last-Event-ID, 'seq': after a seq), the id
  * or seq, history_ttl, a fresh epoch. Returns { seq now, epoch, messages... }
  * in seq order, each once. The replay rules are the embedded hub's. */
@@ -721,6 +735,43 @@ static void on_published(redisAsyncContext *ac, void *reply_, void *priv) {
   else if (reply->type == REDIS_REPLY_STRING) p->done(p->arg, reply->str, reply->len, NULL);
   else p->done(p->arg, NULL, 0, "unexpected reply");
   free(p);
+}
+
+typedef struct rkept {
+  sl_redis_published done;
+  void *arg;
+} rkept;
+
+static void on_kept(redisAsyncContext *ac, void *reply_, void *priv) {
+  rkept *k = priv;
+  redisReply *reply = reply_;
+  const char *why;
+  if (reply_error(reply, &why)) k->done(k->arg, NULL, 0, why);
+  else if (reply->type == REDIS_REPLY_INTEGER) k->done(k->arg, reply->integer ? "1" : "0", 1, NULL);
+  else k->done(k->arg, NULL, 0, "unexpected reply");
+  free(k);
+}
+
+int sl_redis_kept(sl_redis *r, const char *chan, size_t len, const char *id, size_t idlen, sl_redis_published done,
+                  void *arg) {
+  if (!r->up) return -ENOTCONN;
+  rkept *k = malloc(sizeof *k);
+  char *key = malloc(len + 9);
+  char ttl[32];
+  int rc = -ENOMEM;
+  if (k && key) {
+    memcpy(key, "sluice:h:", 9);
+    memcpy(key + 9, chan, len);
+    snprintf(ttl, sizeof ttl, "%.3f", r->srv->cfg.history_ttl);
+    const char *argv[] = {"EVAL", KEPT_LUA, "1", key, id, ttl};
+    size_t lens[] = {4, sizeof KEPT_LUA - 1, 1, len + 9, idlen, strlen(ttl)};
+    k->done = done;
+    k->arg = arg;
+    rc = redisAsyncCommandArgv(r->cmd, on_kept, k, 6, argv, lens) == REDIS_OK ? 0 : -ENOTCONN;
+  }
+  if (rc) free(k);
+  free(key);
+  return rc;
 }
 
 int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *data, size_t len, const char *id,

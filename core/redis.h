@@ -37,6 +37,12 @@ int sl_redis_publish(sl_redis *r, const sl_hub_str *chans, int n, const char *da
                      unsigned ntopics, int priv, sl_redis_published done,
                      void *arg);
 
+/* Whether Redis history of the channel still keeps the event of that id;
+ * done gets "1" or "0" (or the error), exactly once. 0, -ENOTCONN or -ENOMEM
+ * (done not called). */
+int sl_redis_kept(sl_redis *r, const char *chan, size_t len, const char *id, size_t idlen, sl_redis_published done,
+                  void *arg);
+
 /* Fetches the replay of a held subscriber (sl_hub_subscribe_held) after last_id
  * and releases it; while Redis is away, as soon as it is back. 0 or -ENOMEM. */
 int sl_redis_replay(sl_redis *r, sl_hub_sub *sub, const char *last_id, size_t lidlen);

@@ -125,26 +125,14 @@ local function absolute(topic)
   return topic
 end
 
--- A URL pattern (its ":name" groups and "*" wildcards) as the gateway's URI
--- template selector; relative patterns resolve against the hub's origin.
--- Regular-expression groups, "{...}" groups and modifiers are refused.
-local function urlpattern(p)
-  if p == "*" then return "*" end
-  if p:find("[(){}\\]") or p:find(":[%a_][%w_]*[?+]") or p:find("%*[?+]") then return nil end
-  local n = 0
-  local t = absolute(p):gsub(":([%a_][%w_]*)", "{%1}"):gsub("%*", function()
-    n = n + 1
-    return "{+_" .. n .. "}"
-  end)
-  if not pcall(sluice.topic_matches, t, "") then return nil end
-  return t
-end
-
 -- A topic matcher (matchType, text) as a selector for sluice.subscribe.
 local function selector(match_type, text)
   if text == "*" then return "*" end
   if match_type == "Exact" then return { exact = text } end
-  if match_type == "URLPattern" then return urlpattern(text) end
+  if match_type == "URLPattern" then
+    local sel = { urlpattern = absolute(text) } -- relative patterns resolve against the hub's origin
+    return pcall(sluice.topic_matches, sel, "") and sel or nil
+  end
   return text -- the older topic= and "mercure" claim: URI templates (or exact topics)
 end
 

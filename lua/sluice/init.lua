@@ -183,6 +183,36 @@ local function string_list(v, what, level)
   return v
 end
 
+--- A URL pattern (its ":name" groups and "*" wildcards) as the URI template
+-- the hub compiles: ":id" is one path segment, "*" any run; nil for the rest
+-- of the URL Pattern syntax (groups, regular expressions, modifiers).
+local function urlpattern(p)
+  if p == "*" then return "*" end
+  if p:find("[(){}\\]") or p:find(":[%a_][%w_]*[?+*]") or p:find("%*[?+]") then return nil end
+  local n = 0
+  return (p:gsub(":([%a_][%w_]*)", "{%1}"):gsub("%*", function()
+    n = n + 1
+    return "{+_" .. n .. "}"
+  end))
+end
+
+--- A selector as the hub takes it: a string (exact, "*", glob or URI template),
+-- { exact = topic } or { urlpattern = pattern }; nil and why if it is not one.
+local function selector(sel)
+  if type(sel) == "table" and type(sel.exact) == "string" then
+    return "\0" .. sel.exact -- an exact topic, even with '*' or '{' in it
+  end
+  local text = sel
+  if type(sel) == "table" and type(sel.urlpattern) == "string" then
+    text = urlpattern(sel.urlpattern)
+    if not text then return nil, "unsupported URL pattern '" .. sel.urlpattern .. "' (only :name and * are)" end
+  elseif type(sel) ~= "string" then
+    return nil, "a selector is a string, { exact = topic } or { urlpattern = pattern }"
+  end
+  if not core.selector_ok(text) then return nil, "bad topic selector '" .. text .. "'" end
+  return text
+end
+
 --- sluice.subscribe(channels, opts): the connection receives every event published to them.
 function _M.subscribe(channels, opts)
   channels = channel_list(channels, "sluice.subscribe", 2)
@@ -190,17 +220,11 @@ function _M.subscribe(channels, opts)
   for _, k in ipairs { "match", "grants" } do
     if opts[k] ~= nil then
       local v, list = opts[k], {}
-      if type(v) == "string" or (type(v) == "table" and v.exact ~= nil) then v = { v } end
+      if type(v) == "string" or (type(v) == "table" and (v.exact ~= nil or v.urlpattern ~= nil)) then v = { v } end
       if type(v) ~= "table" then error("sluice.subscribe: " .. k .. " must be a selector or a list of them", 2) end
       for i = 1, #v do
-        local sel = v[i]
-        if type(sel) == "table" and type(sel.exact) == "string" then
-          sel = "\0" .. sel.exact -- an exact topic, even with '*' or '{' in it
-        elseif type(sel) ~= "string" then
-          error("sluice.subscribe: " .. k .. " must be a selector or a list of them", 2)
-        elseif not core.selector_ok(sel) then
-          error("sluice.subscribe: bad topic selector '" .. sel .. "'", 2)
-        end
+        local sel, err = selector(v[i])
+        if not sel then error("sluice.subscribe: " .. k .. ": " .. err, 2) end
         list[i] = sel
       end
       opts[k] = list
@@ -257,23 +281,22 @@ end
 -- what a hub tells a subscriber it starts from (Mercure's Last-Event-ID response header).
 _M.last_event_id = core.last_event_id
 
---- sluice.kept(channel, id): whether this node's history of the channel still
--- keeps the event of that id (with Redis: false, history is in Redis).
+--- sluice.kept(channel, id): whether the channel's history still keeps the
+-- event of that id (with Redis, Redis is asked: the caller waits for it).
 function _M.kept(channel, id)
   if type(channel) ~= "string" then error("sluice.kept expects a channel name", 2) end
   if type(id) == "number" then id = number(id) end
   if type(id) ~= "string" then error("sluice.kept expects an event id", 2) end
-  return core.kept(channel, id)
+  return published(core.kept(channel, id))
 end
 
 --- sluice.topic_matches(selector, topic): whether a subscription selector
 -- (as sluice.subscribe takes them: a string, or { exact = topic }) selects the topic.
-function _M.topic_matches(selector, topic)
+function _M.topic_matches(sel, topic)
   if type(topic) ~= "string" then error("sluice.topic_matches: the topic must be a string", 2) end
-  if type(selector) == "table" and type(selector.exact) == "string" then return selector.exact == topic end
-  if type(selector) ~= "string" then error("sluice.topic_matches: bad selector", 2) end
-  if not core.selector_ok(selector) then error("sluice.topic_matches: bad topic selector '" .. selector .. "'", 2) end
-  return core.topic_matches(selector, topic)
+  local text, err = selector(sel)
+  if not text then error("sluice.topic_matches: " .. err, 2) end
+  return core.topic_matches(text, topic)
 end
 
 --- sluice.subscribers(channel): how many connections are subscribed to it now.

@@ -299,6 +299,41 @@ describe("examples/mercure.lua", function()
     assert.equal(401, publish(srv, { { "topic", "t" } }, t).status)
   end)
 
+  it("runs on several gateways sharing Redis: updates, private filtering and replay cross nodes", function()
+    srv:stop()
+    local redis = gw.redis()
+    local a = gw.start("examples/mercure.lua", { args = { "--redis", redis.url } })
+    local b = gw.start("examples/mercure.lua", { args = { "--redis", redis.url } })
+    for _, n in ipairs { a, b } do
+      gw.wait_for(function() return n:logs():find("redis: connected to", 1, true) end, 10, "redis")
+    end
+    local sub_b = sub(b, "match=t")
+    local private_b = sub(b, "match=t", { Authorization = "Bearer " .. token({ "subscribe" }, { { match = "t" } }) })
+    local first
+    gw.wait_for(function()
+      -- the first publish may go out before node b is subscribed to Redis: publish until it arrives
+      first = publish_ok(a, "t", "hello")
+      local ev = sub_b:read_event(0.5)
+      return ev and ev.data == "hello"
+    end, 10, "an update across nodes")
+    publish_ok(a, "t", "secret", { { "private", "on" } })
+    publish_ok(a, "t", "public")
+    local seen = {}
+    repeat local d = next_data(private_b); seen[#seen + 1] = d until d == "public"
+    assert.equal("secret", seen[#seen - 1])
+    local d
+    repeat d = next_data(sub_b) until d ~= "hello"
+    assert.equal("public", d) -- after the hellos, the anonymous subscriber gets the public one, not the secret
+    -- replay on the other node, from Redis history; the response header says where it started
+    local late = sub(b, "match=t&lastEventID=" .. q(first))
+    assert.equal(first, late.headers["last-event-id"])
+    assert.equal("public", next_data(late))
+    sub_b:close(); private_b:close(); late:close()
+    a:stop(); b:stop()
+    redis:stop()
+    srv = nil
+  end)
+
   it("keeps its subscribers across a hot reload", function()
     local auth = { Authorization = "Bearer " .. token({ "subscribe" }, {
       { match = "/.well-known/mercure/subscriptions", matchType = "URLPattern" },
