@@ -844,7 +844,7 @@ static int data_call(lua_State *L) {
   return 1;
 }
 
-/* The handle's fields: id, closed, data, route, params, mode, channels;
+/* The handle's fields: id, closed, replayed, data, route, params, mode, channels;
  * everything else comes from core.conn_methods. */
 static int conn_index(lua_State *L) {
   static const char *const modes[] = {"none", "once", "stream", "subscribe", "raw"};
@@ -858,6 +858,12 @@ static int conn_index(lua_State *L) {
   }
   if (strcmp(k, "closed") == 0) {
     lua_pushboolean(L, live_conn(L, 1) == NULL);
+    return 1;
+  }
+  if (strcmp(k, "replayed") == 0) {
+    /* events its subscription has been given from history so far */
+    if (!(c = live_conn(L, 1)) || !c->sub) return 0;
+    lua_pushinteger(L, (lua_Integer)c->sub->replayed);
     return 1;
   }
   if (strcmp(k, "data") == 0) {

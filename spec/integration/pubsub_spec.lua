@@ -133,6 +133,7 @@ describe("pub/sub", function()
       if ev.data then got[#got + 1] = ev.data end
     until #got == 8
     assert.same({ "one", "two", "more", "more", "more", "more", "more", "more" }, got)
+    assert.equal("8", s:request("GET", "/replayed/gw3").body) -- what the script learns of it
     c:close()
     local bad = s:request("GET", "/fsub/gw3?replay=everything")
     assert.equal(500, bad.status)
