@@ -297,6 +297,19 @@ describe("examples/mercure.lua", function()
     assert.equal(200, publish(srv, { { "topic", "t" } }, t).status)
     t = token({ "publish" }, { { match = "*" } }, { iss = "https://localhost" }, "pub-secret")
     assert.equal(401, publish(srv, { { "topic", "t" } }, t).status)
+    srv:stop()
+    srv = gw.start("examples/mercure.lua", { prefix = { "env", "MERCURE_SUBSCRIBER_JWT_KEY=sub-secret",
+      "MERCURE_RESOURCE_IDENTIFIER=https://hub.example/.well-known/mercure" } })
+    local function sub_status(tok)
+      return srv:request("GET", HUB .. "?match=t", nil, { Authorization = "Bearer " .. tok }).status
+    end
+    local other = { aud = "https://hub.example/.well-known/mercure" }
+    assert.equal(401, sub_status(token({ "subscribe" }, { { match = "*" } }, nil, "sub-secret"))) -- aud: the default
+    assert.equal(401, sub_status(token({ "subscribe" }, { { match = "*" } }, other))) -- the development key
+    local c = sub(srv, "match=t", { Authorization = "Bearer " .. token({ "subscribe" }, { { match = "*" } }, other, "sub-secret") })
+    c:close()
+    local meta = json.decode(srv:request("GET", "/.well-known/oauth-protected-resource/.well-known/mercure").body)
+    assert.equal("https://hub.example/.well-known/mercure", meta.resource)
   end)
 
   it("runs on several gateways sharing Redis: updates, private filtering and replay cross nodes", function()
