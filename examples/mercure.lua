@@ -20,8 +20,8 @@
 -- replays what was missed, filtered the same way; "earliest" replays everything kept.
 --
 -- Environment (Mercure's names):
---   MERCURE_PUBLISHER_JWT_KEY, MERCURE_SUBSCRIBER_JWT_KEY   keys (default: the
---       development key "!ChangeThisMercureHubJWTSecretKey!", with a warning)
+--   MERCURE_PUBLISHER_JWT_KEY, MERCURE_SUBSCRIBER_JWT_KEY   keys (MERCURE_JWT_KEY sets both;
+--       default: the development key "!ChangeThisMercureHubJWTSecretKey!", with a warning)
 --   MERCURE_TRUSTED_ISSUER        the iss a token must carry, if it has one (default https://localhost)
 --   MERCURE_RESOURCE_IDENTIFIER   the hub's aud (default https://localhost/.well-known/mercure)
 --   MERCURE_ANONYMOUS             "0" refuses subscribers without a token (default: allowed)
