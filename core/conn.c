@@ -200,7 +200,6 @@ static void mark_dirty(sl_conn *c) {
   c->dirty = (uint32_t)srv->ndirty;
 }
 
-
 /* The first n queued buffers as iovecs (the first one from its offset); returns their bytes. */
 static size_t iov(sl_conn *c, uv_buf_t *bufs, unsigned n) {
   size_t total = 0;
