@@ -2,7 +2,8 @@
 # Filtered pub/sub: N (10,000) subscribers on one channel across SHAPES (1,000)
 # distinct topic selectors (a tenth of them globs), HZ publishes a second, each
 # to one random topic: deliveries/s, publish-to-delivery p50/p99, and the
-# gateway's CPU per publish (the hub checks every subscriber's selectors).
+# gateway's CPU per publish (the hub finds subscribers by topic and by the
+# literal start of their patterns).
 # Usage: bash bench/filtered.sh [N] [HZ] [SECS]
 source "$(dirname "$0")/lib.sh"
 N=${1:-10000}

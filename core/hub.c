@@ -171,17 +171,17 @@ static void trim_expired(sl_hub *hub, sl_hub_chan *c, double now) {
   while (c->count && c->ring[c->head]->time + hub->ttl <= now) drop_oldest(c);
 }
 
-/* Frees a channel that has neither subscribers nor history. */
-/* ---- the topic index of a channel: exact selectors -> their subscribers ----
- * A subscriber whose selectors are all exact topics is found by looking its
- * topics up when an event has topics, instead of checking it on every publish.
- * It stays linked in the channel's list too (counts, kicks, replay), which the
- * publish walk skips for it. Empty entries are freed when no publish walks the
- * channel. */
+/* ---- the topic index of a channel: selectors -> their subscribers ----
+ * A subscriber whose selectors are all exact topics or patterns with a
+ * literal start is found by looking the event's topics (and, for patterns,
+ * their prefixes) up, instead of being checked on every publish; it is then
+ * not in the channel's list (counts include it; kicks and listings walk the
+ * index too). Empty entries are freed when no publish walks the channel. */
 
 typedef struct tnode {
   struct tnode *next;
   uint32_t hash;
+  uint8_t prefix;   /* the key is the literal start of pattern selectors, not a topic */
   unsigned n, cap;
   sl_hub_sub **subs;
   size_t len;
@@ -191,17 +191,19 @@ typedef struct tnode {
 typedef struct sl_hub_topics {
   tnode **b;
   unsigned nb, nodes;
+  unsigned prefixes;       /* prefix nodes among them */
+  size_t minp, maxp;       /* the shortest and longest prefix added (not shrunk on removal) */
   int empties; /* some entries have no subscriber left */
 } sl_hub_topics;
 
-static tnode *ix_find(sl_hub_topics *ix, const char *t, size_t len, uint32_t h) {
+static tnode *ix_find(sl_hub_topics *ix, const char *t, size_t len, uint32_t h, int prefix) {
   if (!ix) return NULL;
   for (tnode *n = ix->b[h & (ix->nb - 1)]; n; n = n->next)
-    if (n->hash == h && n->len == len && memcmp(n->topic, t, len) == 0) return n;
+    if (n->hash == h && n->len == len && n->prefix == prefix && memcmp(n->topic, t, len) == 0) return n;
   return NULL;
 }
 
-static int ix_add(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s) {
+static int ix_add(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s, int prefix) {
   if (!c->ix) {
     if (!(c->ix = calloc(1, sizeof *c->ix)) || !(c->ix->b = calloc(16, sizeof *c->ix->b))) {
       free(c->ix);
@@ -212,7 +214,7 @@ static int ix_add(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s) {
   }
   sl_hub_topics *ix = c->ix;
   uint32_t h = hash_of(t, len);
-  tnode *n = ix_find(ix, t, len, h);
+  tnode *n = ix_find(ix, t, len, h, prefix);
   if (!n) {
     if (ix->nodes >= ix->nb * 2) { /* grow */
       unsigned nb = ix->nb * 2;
@@ -231,10 +233,15 @@ static int ix_add(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s) {
     if (!(n = calloc(1, sizeof *n + len))) return -ENOMEM;
     n->hash = h;
     n->len = len;
+    n->prefix = (uint8_t)prefix;
     memcpy(n->topic, t, len);
     n->next = ix->b[h & (ix->nb - 1)];
     ix->b[h & (ix->nb - 1)] = n;
     ix->nodes++;
+    if (prefix) {
+      if (!ix->prefixes++ || len < ix->minp) ix->minp = len;
+      if (len > ix->maxp) ix->maxp = len;
+    }
   }
   if (n->n == n->cap) {
     unsigned cap = n->cap ? n->cap * 2 : 4;
@@ -256,6 +263,7 @@ static void ix_sweep(sl_hub_topics *ix) {
         continue;
       }
       *pp = n->next;
+      if (n->prefix) ix->prefixes--;
       free(n->subs);
       free(n);
       ix->nodes--;
@@ -263,8 +271,8 @@ static void ix_sweep(sl_hub_topics *ix) {
   ix->empties = 0;
 }
 
-static void ix_del(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s) {
-  tnode *n = ix_find(c->ix, t, len, hash_of(t, len));
+static void ix_del(sl_hub_chan *c, const char *t, size_t len, sl_hub_sub *s, int prefix) {
+  tnode *n = ix_find(c->ix, t, len, hash_of(t, len), prefix);
   if (!n) return;
   for (unsigned i = 0; i < n->n; i++)
     if (n->subs[i] == s) {
@@ -290,25 +298,52 @@ static void ix_free(sl_hub_chan *c) {
   c->ix = NULL;
 }
 
-/* Whether the subscriber can be found through the index: exact selectors only. */
+/* Whether the subscriber can be found through the index: every selector is
+ * an exact topic, or a pattern with a literal start (found by that prefix). */
 static int indexable(const sl_hub_sub *s) {
   const sl_hub_filter *f = s->filter;
   if (!f || !f->nmatch) return 0;
-  for (unsigned i = 0; i < f->nmatch; i++)
-    if (!sl_match_is_exact(f->m[i])) return 0;
+  for (unsigned i = 0; i < f->nmatch; i++) {
+    size_t len;
+    sl_match_prefix(f->m[i], &len);
+    if (!len) return 0;
+  }
   return 1;
 }
 
-/* Adds (add) or removes the subscriber's topics in the indexes of its channels. */
+/* Adds (add) or removes the subscriber's selectors in the indexes of its
+ * channels: exact topics as themselves, patterns by their literal start. */
 static int index_sub(sl_hub_sub *s, int add) {
   for (unsigned i = 0; i < s->nlinks; i++)
     for (unsigned k = 0; k < s->filter->nmatch; k++) {
       size_t len;
-      const char *t = sl_match_text(s->filter->m[k], &len);
-      if (!add) ix_del(s->links[i].chan, t, len, s);
-      else if (ix_add(s->links[i].chan, t, len, s)) return -ENOMEM;
+      const sl_matcher *m = s->filter->m[k];
+      int prefix = !sl_match_is_exact(m);
+      const char *t = sl_match_prefix(m, &len);
+      if (!add) ix_del(s->links[i].chan, t, len, s, prefix);
+      else if (ix_add(s->links[i].chan, t, len, s, prefix)) return -ENOMEM;
     }
   return 0;
+}
+
+static void offer(sl_hub *hub, sl_hub_sub *s, sl_hub_event *e);
+
+/* Offers e to the indexed subscribers of one of its topics: those of that
+ * exact topic, then those whose patterns start with one of its prefixes (the
+ * prefix hashes are built a byte at a time, as FNV-1a allows). */
+static void offer_indexed(sl_hub *hub, sl_hub_topics *ix, const sl_hub_str *topic, sl_hub_event *e) {
+  tnode *node = ix_find(ix, topic->p, topic->len, hash_of(topic->p, topic->len), 0);
+  for (unsigned k = node ? node->n : 0; k-- > 0;)
+    if (k < node->n) offer(hub, node->subs[k], e);
+  if (!ix->prefixes) return;
+  size_t top = topic->len < ix->maxp ? topic->len : ix->maxp;
+  uint32_t h = 2166136261u;
+  for (size_t len = 1; len <= top; len++) {
+    h = (h ^ (uint8_t)topic->p[len - 1]) * 16777619u;
+    if (len < ix->minp || !(node = ix_find(ix, topic->p, len, h, 1))) continue;
+    for (unsigned k = node->n; k-- > 0;)
+      if (k < node->n) offer(hub, node->subs[k], e);
+  }
 }
 
 static void maybe_free(sl_hub *hub, sl_hub_chan *c) {
@@ -478,13 +513,9 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
       next = l->next;
       offer(hub, l->sub, e);
     }
-    /* The subscribers that select exact topics: those of the event's topics. */
-    for (unsigned t = 0; c->ix && e->attrs && t < e->attrs->ntopics; t++) {
-      const sl_hub_str *topic = &e->attrs->topics[t];
-      tnode *node = ix_find(c->ix, topic->p, topic->len, hash_of(topic->p, topic->len));
-      for (unsigned k = node ? node->n : 0; k-- > 0;)
-        if (k < node->n) offer(hub, node->subs[k], e);
-    }
+    /* The indexed subscribers: those of the event's topics and their prefixes. */
+    for (unsigned t = 0; c->ix && e->attrs && t < e->attrs->ntopics; t++)
+      offer_indexed(hub, c->ix, &e->attrs->topics[t], e);
     c->busy--;
     if (!c->busy && c->ix && c->ix->empties) ix_sweep(c->ix);
     maybe_free(hub, c);

@@ -76,7 +76,7 @@ typedef struct sl_hub_sub {
   uint8_t holding;    /* 1 holding; 2 held more than hold_limit: dropped as slow */
   uint8_t paused;     /* its queue filled during the replay: sl_hub_pump once it drains */
   uint8_t counted;    /* in hub->nsubs */
-  uint8_t indexed;    /* found through its channels' topic index, not by a scan */
+  uint8_t indexed;    /* found through its channels' topic index (by topic or pattern prefix), not by a scan */
   uint8_t mark;       /* scratch for a walk over the index (sl_hub_subs) */
   uint8_t gateway;    /* set before subscribing: replay from the gateway-wide history */
   void *pending;      /* the engine's replay request for it, if one is under way */

@@ -118,6 +118,15 @@ const char *sl_match_text(const sl_matcher *m, size_t *len) {
   return m->text;
 }
 
+const char *sl_match_prefix(const sl_matcher *m, size_t *len) {
+  const char *stop = NULL;
+  if (m->kind == M_ALL) stop = m->text;
+  else if (m->kind == M_GLOB) stop = memchr(m->text, '*', m->len);
+  else if (m->kind == M_TEMPLATE) stop = memchr(m->text, '{', m->len);
+  *len = stop ? (size_t)(stop - m->text) : m->len;
+  return m->text;
+}
+
 /* '*' matches any run of characters; everything else itself. */
 static int glob(const char *p, size_t pn, const char *s, size_t sn) {
   size_t pi = 0, si = 0, star = (size_t)-1, mark = 0;

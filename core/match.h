@@ -19,5 +19,8 @@ int sl_match(const sl_matcher *m, const char *topic, size_t len);
 int sl_match_is_exact(const sl_matcher *m);
 /* The selector's text (for an exact one: the topic). */
 const char *sl_match_text(const sl_matcher *m, size_t *len);
+/* The literal start every topic it selects begins with (an exact one: the
+ * whole topic; "*" and patterns that start with a wildcard: none, *len = 0). */
+const char *sl_match_prefix(const sl_matcher *m, size_t *len);
 
 #endif

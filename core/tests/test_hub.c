@@ -256,11 +256,11 @@ int main(void) {
     sl_hub_str both[] = {S("https://x/books/1"), S("https://x/books/2")};
     ra.sub.filter = sl_hub_filter_new(both, 2, NULL, 0, NULL);        /* indexed, two topics */
     rb.sub.filter = sl_hub_filter_new(both + 1, 1, NULL, 0, NULL);    /* indexed */
-    rc.sub.filter = sl_hub_filter_new(match, 1, NULL, 0, NULL);       /* a template: scanned */
+    rc.sub.filter = sl_hub_filter_new(match, 1, NULL, 0, NULL);       /* a template: indexed by its literal start */
     sl_hub_str ch = S("c");
     CHECK(sl_hub_subscribe(&h2, &ra.sub, &ch, 1, NULL, 0, 1) == 0 && ra.sub.indexed);
     CHECK(sl_hub_subscribe(&h2, &rb.sub, &ch, 1, NULL, 0, 1) == 0 && rb.sub.indexed);
-    CHECK(sl_hub_subscribe(&h2, &rc.sub, &ch, 1, NULL, 0, 1) == 0 && !rc.sub.indexed);
+    CHECK(sl_hub_subscribe(&h2, &rc.sub, &ch, 1, NULL, 0, 1) == 0 && rc.sub.indexed);
     CHECK(sl_hub_subscribers(&h2, "c", 1) == 3);
     sl_hub_event *ev2;
     CHECK(sl_hub_event_new(h2.next_seq, "d", 1, NULL, 0, NULL, 0, -1, 1, &ev2) == 0);
@@ -371,6 +371,51 @@ int main(void) {
     sl_hub_unsubscribe(&g, &b.sub);
     sl_hub_sweep(&g, 1000); /* past the ttl: the gateway ring empties */
     CHECK(g.all && g.all->count == 0);
+    sl_hub_free(&g);
+  }
+
+  /* Pattern subscribers are found by the literal start of their selectors:
+   * whatever the index, each gets exactly the events its filter wants, once. */
+  {
+    sl_hub g;
+    CHECK(sl_hub_init(&g, 1, 0, 60) == 0);
+    static const char *const sels[][2] = {
+        {"https://x/books/{id}", NULL}, {"https://x/books/1*", NULL}, {"https://x/b*", "https://x/authors/{a}"},
+        {"*", NULL}, {"{+any}", NULL}, {"https://x/books/1", "https://x/{kind}/2"}, {"https://x/books/12", NULL},
+        {"https://x/books/{id}/pages{/p}", NULL}, {"h*", NULL}};
+    enum { NS = sizeof sels / sizeof sels[0] };
+    rec rs[NS];
+    sl_hub_str ch = S("p");
+    for (int i = 0; i < NS; i++) {
+      rec_init(&rs[i]);
+      sl_hub_str m[2] = {S(sels[i][0]), sels[i][1] ? S(sels[i][1]) : S("")};
+      rs[i].sub.filter = sl_hub_filter_new(m, sels[i][1] ? 2 : 1, NULL, 0, NULL);
+      CHECK(rs[i].sub.filter && sl_hub_subscribe(&g, &rs[i].sub, &ch, 1, NULL, 0, 1) == 0);
+    }
+    CHECK(rs[0].sub.indexed && rs[1].sub.indexed && rs[2].sub.indexed && !rs[3].sub.indexed && !rs[4].sub.indexed);
+    static const char *const topics[] = {"https://x/books/1", "https://x/books/12", "https://x/books/2",
+                                         "https://x/authors/9", "https://x/b", "h", "https://x/books/1/pages/4",
+                                         "other", "https://x/books/"};
+    int want[NS] = {0};
+    for (unsigned t = 0; t < sizeof topics / sizeof topics[0]; t++) {
+      sl_hub_event *ev;
+      CHECK(sl_hub_event_new(g.next_seq, "d", 1, NULL, 0, NULL, 0, -1, 1, &ev) == 0);
+      sl_hub_str tt = S(topics[t]), two[2] = {S(topics[t]), S("https://x/books/1")};
+      CHECK(sl_hub_event_attrs(ev, t % 3 == 2 ? two : &tt, t % 3 == 2 ? 2 : 1, 0) == 0);
+      for (int i = 0; i < NS; i++) want[i] += sl_hub_wants(rs[i].sub.filter, ev);
+      sl_hub_dispatch(&g, &ch, 1, ev, 1);
+      sl_hub_event_unref(ev);
+      for (int i = 0; i < NS; i++) CHECK(rs[i].n == want[i]);
+    }
+    CHECK(want[3] == 9 && want[7] == 1 && want[6] >= 1);
+    sl_hub_sub **listed;
+    CHECK(sl_hub_subs(&g, "p", 1, &listed) == NS);
+    free(listed);
+    for (int i = 0; i < NS; i++) {
+      sl_hub_unsubscribe(&g, &rs[i].sub);
+      sl_hub_filter_free(rs[i].sub.filter);
+    }
+    CHECK(sl_hub_subscribers(&g, "p", 1) == 0);
     sl_hub_free(&g);
   }
 
