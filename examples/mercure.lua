@@ -360,7 +360,9 @@ sluice.post(HUB, function(req)
     return challenge(400, "invalid_request", "bad id")
   end
   if typ and typ:find("[\r\n]") then return challenge(400, "invalid_request", "bad type") end
-  if retry and not retry:find("^%d+$") then return challenge(400, "invalid_request", "bad retry") end
+  if retry and not retry:find("^%d+$") or retry and #retry > 10 then
+    return challenge(400, "invalid_request", "bad retry")
+  end
   local all = {}
   for _, t in ipairs(topics) do
     all[#all + 1] = t

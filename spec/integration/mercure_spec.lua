@@ -139,6 +139,7 @@ describe("examples/mercure.lua", function()
       assert.equal(403, publish(srv, { { "topic", "https://other.example/.well-known/mercure" } }).status)
       assert.equal(400, publish(srv, { { "topic", "t" }, { "id", "#1" } }).status)
       assert.equal(400, publish(srv, { { "topic", "t" }, { "retry", "soon" } }).status)
+      assert.equal(400, publish(srv, { { "topic", "t" }, { "retry", ("9"):rep(40) } }).status)
       assert.equal(400, publish(srv, { { "topic", "t" }, { "type", "a\nb" } }).status)
     end)
 
