@@ -17,13 +17,6 @@ LOAD=""
 cleanup() { [ -n "$LOAD" ] && kill "$LOAD" 2>/dev/null; stop_gateway 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-start() { # WORKERS
-  GW_PORT=$(free_port)
-  "$BUILD/sluice" --log-level warn --listen "127.0.0.1:$GW_PORT" --workers "$1" "$BENCH_DIR/apps/pubsub.lua" 2>/dev/null &
-  GW_PID=$!
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$GW_PORT/health" >/dev/null && return 0; sleep 0.1; done
-  echo "gateway did not start" >&2; return 1
-}
 # user and kernel CPU seconds: the loop thread's, then the other threads' together
 threads_cpu() {
   local hz; hz=$(getconf CLK_TCK)
@@ -35,7 +28,7 @@ threads_cpu() {
 printf "%-8s %6s %10s %8s %9s %9s %10s %10s %9s %9s\n" workers ev/s delivered/s delivery p50_ms p99_ms user_us/d kern_us/d loop_cpu io_cpu
 for w in 1 2 auto; do
   for hz in $RATES; do
-    start "$w"
+    SLUICE_ARGS="--workers $w" start_gateway "$BENCH_DIR/apps/pubsub.lua"
     "$BUILD/sse_load" -p "$GW_PORT" -P /sub/bench -n "$N" -L -d 3600 >"$TMP/out" 2>"$TMP/err" &
     LOAD=$!
     for _ in $(seq 1 600); do grep -q "^ready" "$TMP/err" && break; sleep 0.1; done

@@ -501,7 +501,7 @@ void sl_hub_dispatch(sl_hub *hub, const sl_hub_str *chans, int n, sl_hub_event *
   e->refs++;
   if (hub->last) event_unref(hub->last);
   hub->last = e;
-  if (hub->gw_history || hub->all) push_all(hub, e, now);
+  if (hub->gw_history) push_all(hub, e, now); /* turned off: the sweep empties it */
   for (int i = 0; i < n; i++) {
     sl_hub_chan *c = get(hub, chans[i].p, chans[i].len);
     if (!c) continue;

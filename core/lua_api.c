@@ -502,25 +502,46 @@ static int api_subscribe(lua_State *L) {
   return 1;
 }
 
-/* A publish through Redis that a task waits for. */
+/* A Redis request (a publish, a kept) that a task waits for. */
 typedef struct pubwait {
   sl_task *task; /* NULL once the task ended, or when nobody waits */
 } pubwait;
 
-static void on_redis_published(void *arg, const char *id, size_t idlen, const char *err) {
+/* A waiter for the calling coroutine, with *t its task, or NULL on the main
+ * thread (on_close hooks, the main chunk), where nobody can wait. NULL if out of memory. */
+static pubwait *waiter_new(lua_State *L, sl_task **t) {
+  pubwait *w = calloc(1, sizeof *w);
+  int main_thread = lua_pushthread(L);
+  lua_pop(L, 1);
+  *t = w && !main_thread ? sl_task_current(vm_of(L), (void **)&w->task) : NULL;
+  return w;
+}
+
+/* The request could not be sent: nobody waits for it. */
+static void waiter_drop(pubwait *w, sl_task *t) {
+  if (t) t->await_slot = NULL;
+  free(w);
+}
+
+/* The answer came: the waiting task, if any, with nil, err pushed on an error. */
+static sl_task *waiter_done(void *arg, const char *err) {
   pubwait *w = arg;
   sl_task *t = w->task;
   free(w);
+  if (t && err) {
+    lua_pushnil(t->co);
+    lua_pushfstring(t->co, "redis: %s", err);
+  }
+  return t;
+}
+
+static void on_redis_published(void *arg, const char *id, size_t idlen, const char *err) {
+  sl_task *t = waiter_done(arg, err);
   if (!t) {
     if (err) sl_warn("redis: a publish failed: %s", err);
     return;
   }
-  if (err) {
-    lua_pushnil(t->co);
-    lua_pushfstring(t->co, "redis: %s", err);
-  } else {
-    lua_pushlstring(t->co, id, idlen);
-  }
+  if (!err) lua_pushlstring(t->co, id, idlen);
   sl_task_wake(t, err ? 2 : 1);
 }
 
@@ -551,19 +572,16 @@ static int api_publish(lua_State *L) {
     if (id && sl_sse_check_field(id, idlen)) return luaL_error(L, "event id may not contain CR, LF or NUL");
     if (ev && sl_sse_check_field(ev, evlen)) return luaL_error(L, "event name may not contain CR, LF or NUL");
     if (!sl_redis_ready(srv->redis)) return fail(L, "redis unavailable");
-    pubwait *w = calloc(1, sizeof *w);
+    sl_task *t;
+    pubwait *w = waiter_new(L, &t);
     if (!w) return fail(L, "out of memory");
-    int main_thread = lua_pushthread(L);
-    lua_pop(L, 1);
-    sl_task *t = main_thread ? NULL : sl_task_current(vm_of(L), (void **)&w->task);
     unsigned nt = 0;
     sl_hub_str *topics = lua_istable(L, 6) ? string_list(L, 6, &nt) : NULL;
     int r = sl_redis_publish(srv->redis, chans, n, data, len, id, idlen, ev, evlen, retry, topics, nt,
                              lua_toboolean(L, 7), on_redis_published, w);
     free(topics);
     if (r) {
-      if (t) t->await_slot = NULL;
-      free(w);
+      waiter_drop(w, t);
       if (r == -E2BIG) return luaL_error(L, "sluice.publish: at most %d topics with Redis", SL_RMSG_MAX_TOPICS);
       return fail(L, r == -ENOMEM ? "out of memory" : "redis unavailable");
     }
@@ -598,16 +616,9 @@ static int api_last_event_id(lua_State *L) {
 }
 
 static void on_redis_kept(void *arg, const char *v, size_t len, const char *err) {
-  pubwait *w = arg;
-  sl_task *t = w->task;
-  free(w);
+  sl_task *t = waiter_done(arg, err);
   if (!t) return;
-  if (err) {
-    lua_pushnil(t->co);
-    lua_pushfstring(t->co, "redis: %s", err);
-  } else {
-    lua_pushboolean(t->co, v[0] == '1');
-  }
+  if (!err) lua_pushboolean(t->co, v[0] == '1');
   sl_task_wake(t, err ? 2 : 1);
 }
 
@@ -623,20 +634,16 @@ static int api_kept(lua_State *L) {
     lua_pushboolean(L, sl_hub_kept(&srv->hub, name, len, id, idlen));
     return 1;
   }
-  int main_thread = lua_pushthread(L);
-  lua_pop(L, 1);
-  if (main_thread) return fail(L, "with Redis, sluice.kept waits: call it from a handler, stream or timer");
-  pubwait *w = calloc(1, sizeof *w);
+  sl_task *t;
+  pubwait *w = waiter_new(L, &t);
   if (!w) return fail(L, "out of memory");
-  sl_task *t = sl_task_current(vm_of(L), (void **)&w->task);
   if (!t) {
-    free(w);
+    waiter_drop(w, t);
     return fail(L, "with Redis, sluice.kept waits: call it from a handler, stream or timer");
   }
   int r = sl_redis_kept(srv->redis, name, len, id, idlen, on_redis_kept, w);
   if (r) {
-    t->await_slot = NULL;
-    free(w);
+    waiter_drop(w, t);
     return fail(L, r == -ENOMEM ? "out of memory" : "redis unavailable");
   }
   sl_sched_push_tag(vm_of(L), L, SL_TAG_AWAIT);

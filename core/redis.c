@@ -667,11 +667,8 @@ static void send_replay(sl_redis *r, rreplay *p) {
     argv[a] = "EVAL", lens[a++] = 4;
     argv[a] = REPLAY_LUA, lens[a++] = sizeof REPLAY_LUA - 1;
     argv[a] = nk, lens[a++] = strlen(nk);
-    for (int i = 0; i < n && ok; i++) {
-      if (sub->gateway) {
-        argv[a] = SL_REDIS_ALL, lens[a++] = sizeof SL_REDIS_ALL - 1;
-        break;
-      }
+    if (sub->gateway) argv[a] = SL_REDIS_ALL, lens[a++] = sizeof SL_REDIS_ALL - 1;
+    for (int i = 0; i < n && ok && !sub->gateway; i++) {
       sl_hub_chan *c = sub->links[i].chan;
       ok = (keys[i] = malloc(c->namelen + 9)) != NULL;
       if (!ok) break;

@@ -196,21 +196,27 @@ local function urlpattern(p)
   end))
 end
 
---- A selector as the hub takes it: a string (exact, "*", glob or URI template),
--- { exact = topic } or { urlpattern = pattern }; nil and why if it is not one.
-local function selector(sel)
+--- A selector as the text the hub compiles: a string (exact, "*", glob or URI
+-- template), { exact = topic } or { urlpattern = pattern }; nil and why if it
+-- is none of them. Whether a template compiles is the hub's to say.
+local function selector_text(sel)
   if type(sel) == "table" and type(sel.exact) == "string" then
     return "\0" .. sel.exact -- an exact topic, even with '*' or '{' in it
   end
-  local text = sel
   if type(sel) == "table" and type(sel.urlpattern) == "string" then
-    text = urlpattern(sel.urlpattern)
+    local text = urlpattern(sel.urlpattern)
     if not text then return nil, "unsupported URL pattern '" .. sel.urlpattern .. "' (only :name and * are)" end
-  elseif type(sel) ~= "string" then
-    return nil, "a selector is a string, { exact = topic } or { urlpattern = pattern }"
+    return text
   end
-  if not core.selector_ok(text) then return nil, "bad topic selector '" .. text .. "'" end
-  return text
+  if type(sel) ~= "string" then return nil, "a selector is a string, { exact = topic } or { urlpattern = pattern }" end
+  return sel
+end
+
+--- The same, checked: nil and why if it does not compile either.
+local function selector(sel)
+  local text, err = selector_text(sel)
+  if text and not core.selector_ok(text) then return nil, "bad topic selector '" .. text .. "'" end
+  return text, err
 end
 
 --- sluice.subscribe(channels, opts): the connection receives every event published to them.
@@ -294,9 +300,11 @@ end
 -- (as sluice.subscribe takes them: a string, or { exact = topic }) selects the topic.
 function _M.topic_matches(sel, topic)
   if type(topic) ~= "string" then error("sluice.topic_matches: the topic must be a string", 2) end
-  local text, err = selector(sel)
+  local text, err = selector_text(sel)
   if not text then error("sluice.topic_matches: " .. err, 2) end
-  return core.topic_matches(text, topic)
+  local ok, r = pcall(core.topic_matches, text, topic) -- compiled once: it raises for a malformed one
+  if not ok then error("sluice.topic_matches: bad topic selector '" .. text .. "'", 2) end
+  return r
 end
 
 --- sluice.subscribers(channel): how many connections are subscribed to it now.
