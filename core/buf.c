@@ -21,8 +21,11 @@ sl_buf *sl_buf_from(const void *p, size_t len) {
   return b;
 }
 
+int sl_buf_shared;
+
 void sl_buf_unref(sl_buf *b) {
-  if (b && --b->refs == 0) free(b);
+  if (!b) return;
+  if (sl_buf_shared ? __atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0 : --b->refs == 0) free(b);
 }
 
 int sl_append(char **data, size_t *len, size_t *cap, const void *p, size_t n, size_t first) {

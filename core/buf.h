@@ -15,7 +15,14 @@ typedef struct sl_buf {
 sl_buf *sl_buf_new(size_t len);
 /* A new buffer holding a copy of p[0..len). */
 sl_buf *sl_buf_from(const void *p, size_t len);
-static inline sl_buf *sl_buf_ref(sl_buf *b) { b->refs++; return b; }
+/* Set once, before any thread starts, when buffers are shared between threads
+ * (--workers): references are then counted with atomic operations. */
+extern int sl_buf_shared;
+static inline sl_buf *sl_buf_ref(sl_buf *b) {
+  if (sl_buf_shared) __atomic_add_fetch(&b->refs, 1, __ATOMIC_RELAXED);
+  else b->refs++;
+  return b;
+}
 void sl_buf_unref(sl_buf *b);
 
 /* Appends p[0..n) to the growable byte array *data (len used, cap allocated),

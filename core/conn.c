@@ -1,18 +1,26 @@
 /* conn: one client connection. See conn.h.
  *
- * Reads go into the server's one read buffer and are parsed at once; a request
+ * Reads go into the home's one read buffer and are parsed at once; a request
  * that completes pauses the parser, so pipelined requests wait (in c->in) until
  * the handler of the one before has answered. Writes queue refcounted buffers
- * and go out as one uv_write of everything queued. */
+ * and go out as one writev of everything queued.
+ *
+ * The functions named io_* (and the callbacks of the socket and timer) are the
+ * I/O half's and run on the connection's home; the rest are the Lua half's and
+ * run on the loop thread. Each half reaches the other through to_home() and
+ * to_lua(): a direct call when the home is the loop thread (one worker: no
+ * message at all), else a message in the turn's batch (see io.h). */
 #include "conn.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 #include "log.h"
-#include "pool.h"
 #include "server.h"
 #include "sse.h"
 
@@ -21,6 +29,63 @@
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void conn_process(sl_conn *c);
+
+/* What one half asks of the other. */
+enum {
+  OP_ACCEPT = 1, /* home: take the socket n */
+  OP_WRITE,      /* home: queue p (a buffer; n: 1 to write it at the end of the turn) */
+  OP_STREAM,     /* home: queue the stream head p; heartbeats every n ms (0: none) */
+  OP_NEXT,       /* home: the request is done, read the next */
+  OP_END,        /* home: close once everything queued is written */
+  OP_CLOSE,      /* home: close now */
+  OP_FREE,       /* home: the Lua half is done with it: free it */
+  OP_CONFIG,     /* home: new limits p (an sl_io_limits to free) */
+  OP_DISPATCH,   /* Lua: a request was read */
+  OP_BAD,        /* Lua: a bad request was answered with status n (p: the bytes) */
+  OP_GONE,       /* Lua: the home closed it (n: why), its handles are closed */
+  OP_DRAINED     /* Lua: it went below its high-water mark */
+};
+
+static inline int local(const sl_conn *c) { return c->home->index == 0; }
+
+static void on_message(sl_home *h, sl_msg *m);
+
+/* A message that must get there: out of memory, it waits for memory. */
+static void must_post(sl_home *from, int to, sl_msg m) {
+  while (sl_io_post(from, to, m)) {
+    sl_error("io: out of memory for a message: retrying");
+    uv_sleep(1);
+  }
+}
+
+/* From the Lua half to the I/O half. */
+static void to_home(sl_conn *c, uint32_t op, void *p, uint64_t n) {
+  sl_msg m = {c, p, n, op};
+  if (local(c)) on_message(c->home, &m);
+  else must_post(c->srv->homes[0], c->home->index, m);
+}
+
+/* From the I/O half to the Lua half. */
+static void to_lua(sl_conn *c, uint32_t op, void *p, uint64_t n) {
+  sl_msg m = {c, p, n, op};
+  if (local(c)) on_message(c->home, &m);
+  else must_post(c->home, 0, m);
+}
+
+static void set_queued(sl_conn *c, size_t v) { __atomic_store_n(&c->queued, v, __ATOMIC_RELAXED); }
+
+/* Closes from the home's side: on the loop thread the whole connection at
+ * once, as it always was; on an I/O thread its handles, and the Lua half
+ * hears of it (OP_GONE) once they are closed. */
+static void io_close(sl_conn *c, int why);
+static void io_lost(sl_conn *c, int why) {
+  if (local(c)) {
+    if (why) sl_conn_ended(c, why);
+    sl_conn_close(c);
+  } else {
+    io_close(c, why);
+  }
+}
 
 static const char *const mode_names[] = {"none", "once", "stream", "subscribe", "raw"};
 static const char *const end_names[] = {NULL, "client", "handler", "script", "slow", "error", "shutdown", "expired"};
@@ -61,14 +126,14 @@ void sl_conn_ended(sl_conn *c, int why) {
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   sl_conn *c = h->data;
-  buf->base = c->srv->readbuf;
-  buf->len = sizeof c->srv->readbuf;
+  buf->base = c->home->readbuf;
+  buf->len = sizeof c->home->readbuf;
 }
 
 static void on_header_timeout(uv_timer_t *t) {
   sl_conn *c = t->data;
   sl_debug("conn %llu: request not complete in time", (unsigned long long)c->id);
-  sl_conn_close(c);
+  io_lost(c, 0);
 }
 
 static void on_heartbeat(uv_timer_t *t) {
@@ -80,44 +145,115 @@ static void on_heartbeat(uv_timer_t *t) {
   }
   sl_buf *b = sl_buf_from(beat, sizeof beat - 1);
   if (!b) return;
-  if (sl_conn_write(c, b) == 0) c->srv->metrics.heartbeats++;
+  if (sl_conn_io_write(c, b) == 0) sl_io_count(&c->home->heartbeats, 1);
   sl_buf_unref(b);
   c->wrote = 0;
 }
 
 static void start_header_timer(sl_conn *c) {
-  uint64_t ms = sl_secs_ms(c->srv->cfg.header_timeout);
+  uint64_t ms = sl_secs_ms(c->home->lim.header_timeout);
   if (ms != SL_NEVER) uv_timer_start(&c->timer, on_header_timeout, ms ? ms : 1, 0);
 }
 
-void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
+/* The home's start of a connection whose socket it owns. */
+static void io_begin(sl_conn *c) {
+  uv_tcp_nodelay(&c->tcp, 1);
+  llhttp_init(&c->parser, HTTP_REQUEST, &sl_http_settings);
+  c->parser.data = c;
+  c->reading = 1;
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  start_header_timer(c);
+}
+
+/* The Lua half of a new connection: its id, the list, the registry. -1 if it cannot be tracked. */
+static sl_conn *conn_new(sl_server *srv, sl_home *home) {
   sl_conn *c = calloc(1, sizeof *c);
-  if (!c) return;
+  if (!c) return NULL;
   c->srv = srv;
-  uv_tcp_init(srv->loop, &c->tcp);
-  uv_timer_init(srv->loop, &c->timer);
-  c->tcp.data = c->timer.data = c->wreq.data = c;
-  c->pending_closes = 0;
+  c->home = home;
   c->id = ++srv->next_conn_id;
   srv->metrics.accepted++;
   c->next = srv->conns;
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
+  size_t q = srv->cfg.queue_limit / 2;
+  c->hwm = q < 65536 ? q : 65536;
+  strcpy(c->peer, "-");
+  return c;
+}
+
+static void peer_name(sl_conn *c, const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET6) uv_ip6_name((const struct sockaddr_in6 *)ss, c->peer, sizeof c->peer);
+  else if (ss->ss_family == AF_INET) uv_ip4_name((const struct sockaddr_in *)ss, c->peer, sizeof c->peer);
+}
+
+static void on_tmp_closed(uv_handle_t *h) { free(h); }
+
+/* Accepts a connection for an I/O thread: the loop thread takes it from the
+ * listener, and the thread's own loop gets (a duplicate of) its socket.
+ * 1 when nothing was accepted (the caller takes it), 0 when handed over or dropped. */
+static int accept_remote(sl_server *srv, uv_stream_t *listener, sl_home *home) {
+  uv_tcp_t *tmp = malloc(sizeof *tmp);
+  if (!tmp) return 1;
+  uv_tcp_init(srv->loop, tmp);
+  if (uv_accept(listener, (uv_stream_t *)tmp)) {
+    uv_close((uv_handle_t *)tmp, on_tmp_closed);
+    return 1;
+  }
+  uv_os_fd_t fd;
+  int dup_fd = uv_fileno((uv_handle_t *)tmp, &fd) ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  uv_close((uv_handle_t *)tmp, on_tmp_closed);
+  if (dup_fd < 0) return 0;
+  sl_conn *c = conn_new(srv, home);
+  if (!c || sl_server_track(srv, c)) {
+    if (c) {
+      srv->conns = c->next;
+      if (c->next) c->next->prev = NULL;
+      srv->nconns--;
+      free(c);
+    }
+    close(dup_fd);
+    return 0;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (getpeername(dup_fd, (struct sockaddr *)&ss, &sl) == 0) peer_name(c, &ss);
+  srv->io_pending++;
+  to_home(c, OP_ACCEPT, NULL, (uint64_t)dup_fd);
+  return 0;
+}
+
+static void io_accept(sl_conn *c, int fd) {
+  uv_tcp_init(c->home->loop, &c->tcp);
+  uv_timer_init(c->home->loop, &c->timer);
+  c->tcp.data = c->timer.data = c->wreq.data = c;
+  if (uv_tcp_open(&c->tcp, fd)) {
+    close(fd);
+    io_close(c, SL_END_ERROR);
+    return;
+  }
+  io_begin(c);
+}
+
+void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
+  sl_home **homes = srv->homes;
+  if (homes[0]->nhomes > 1 && srv->nconns < srv->cfg.max_connections) {
+    unsigned i = srv->next_home++ % (unsigned)homes[0]->nhomes;
+    if (i && accept_remote(srv, listener, homes[i]) == 0) return;
+  }
+  sl_conn *c = conn_new(srv, homes[0]);
+  if (!c) return;
+  uv_tcp_init(srv->loop, &c->tcp);
+  uv_timer_init(srv->loop, &c->timer);
+  c->tcp.data = c->timer.data = c->wreq.data = c;
   if (sl_server_track(srv, c) || uv_accept(listener, (uv_stream_t *)&c->tcp)) {
     sl_conn_close(c);
     return;
   }
-  size_t q = srv->cfg.queue_limit / 2;
-  c->hwm = q < 65536 ? q : 65536;
   struct sockaddr_storage ss;
   int sl = sizeof ss;
-  strcpy(c->peer, "-");
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-    if (ss.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
-    else uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof c->peer);
-  }
-  uv_tcp_nodelay(&c->tcp, 1);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) peer_name(c, &ss);
   if (srv->nconns > srv->cfg.max_connections) {
     srv->refused++;
     sl_warn("refusing %s: max_connections (%u) reached", c->peer, srv->cfg.max_connections);
@@ -127,77 +263,107 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
     sl_conn_end(c);
     return;
   }
-  llhttp_init(&c->parser, HTTP_REQUEST, &sl_http_settings);
-  c->parser.data = c;
-  c->reading = 1;
-  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-  start_header_timer(c);
+  io_begin(c);
 }
 
-/* ---- write path ---- */
+/* ---- write path (the home's) ---- */
 
 static void flush(sl_conn *c);
 static void pump(sl_conn *c);
 static void after_write(sl_conn *c);
 
+/* Books bytes no longer queued: written, or dropped with the connection. */
+static void written(sl_conn *c, size_t n) {
+  set_queued(c, c->queued - n);
+}
+
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
   for (unsigned i = 0; i < c->inflight; i++) sl_buf_unref(c->q[i]);
-  if (status >= 0) c->srv->metrics.bytes_sent += c->inflight_bytes;
-  c->queued -= c->inflight_bytes;
+  if (status >= 0) sl_io_count(&c->home->bytes_sent, c->inflight_bytes);
+  written(c, c->inflight_bytes);
   c->qlen -= c->inflight;
   memmove(c->q, c->q + c->inflight, c->qlen * sizeof *c->q);
   c->inflight = 0;
   c->inflight_bytes = 0;
   c->qoff = 0;
-  if (c->closing) return;
+  if (c->io_closing) return;
   if (status < 0) {
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(status));
-    sl_conn_ended(c, SL_END_CLIENT);
-    sl_conn_close(c);
+    io_lost(c, SL_END_CLIENT);
     return;
   }
   if (c->qlen) flush(c);
   after_write(c);
 }
 
-/* What a write that went out allows: an ended connection with nothing left
- * closes; below the high-water mark a waiting generator or a paused replay goes on. */
-static void after_write(sl_conn *c) {
-  if (c->closing) return;
-  if (!c->qlen && c->ending) {
-    sl_conn_close(c);
-    return;
-  }
-  if (c->queued >= c->hwm) return;
+/* The Lua half's part of a write that went out: a waiting generator or a
+ * paused replay goes on. */
+static void lua_drained(sl_conn *c) {
   sl_hooks *h = &c->srv->hooks;
   if (h->drained && h->drained(c)) return;
   if (c->sub && c->sub->paused) pump(c);
 }
 
-/* Published events are coalesced (sl_conn_queue): what the hub queues for a
- * connection during one turn of the loop goes out in one writev just before
- * the loop waits again (the server's prepare handle calls sl_conn_flush_all).
- * A connection already over its high-water mark is written at once, so a burst
- * never waits in user space. Everything else (heads, a stream's own events,
- * raw writes) is made for one connection and goes out at once: held to the end
- * of a turn, such buffers of many new connections would be freed as holes
- * between long-lived allocations. */
+/* What a write that went out allows: an ended connection with nothing left
+ * closes; below the high-water mark the Lua half may go on (told at once on
+ * the loop thread; from an I/O thread only when it asked, see sl_conn_backlogged). */
+static void after_write(sl_conn *c) {
+  if (c->io_closing) return;
+  if (!c->qlen && c->io_ending) {
+    io_lost(c, 0);
+    return;
+  }
+  if (c->queued >= c->hwm) return;
+  if (local(c)) {
+    lua_drained(c);
+    return;
+  }
+  __atomic_thread_fence(__ATOMIC_SEQ_CST); /* pairs with the one in sl_conn_backlogged */
+  if (__atomic_load_n(&c->want_drain, __ATOMIC_RELAXED) && __atomic_exchange_n(&c->want_drain, 0, __ATOMIC_RELAXED))
+    to_lua(c, OP_DRAINED, NULL, 0);
+}
+
+/* The loop thread's view of what waits for a connection on an I/O thread: in
+ * flight to it, then queued there. received is read first, so a message the
+ * home has taken is counted at least once, never missed. */
+static uint64_t backlog(sl_conn *c) {
+  uint64_t rcv = __atomic_load_n(&c->received, __ATOMIC_ACQUIRE);
+  return c->posted - rcv + __atomic_load_n(&c->queued, __ATOMIC_RELAXED);
+}
+
+int sl_conn_backlogged(sl_conn *c) {
+  if (local(c)) return c->queued >= c->hwm;
+  if (backlog(c) < c->hwm) return 0;
+  __atomic_store_n(&c->want_drain, 1, __ATOMIC_RELAXED);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  /* Asked; if the home wrote in between, it may not have seen the ask: look again. */
+  return backlog(c) >= c->hwm;
+}
+
+/* Published events are coalesced (sl_conn_queue): what a home queues for a
+ * connection during one turn of its loop goes out in one writev just before
+ * the loop waits again (its end of turn calls flush_home). A connection
+ * already over its high-water mark is written at once, so a burst never waits
+ * in user space. On the loop thread, everything else (heads, a stream's own
+ * events, raw writes) is made for one connection and goes out at once: held to
+ * the end of a turn, such buffers of many new connections would be freed as
+ * holes between long-lived allocations. */
 static void mark_dirty(sl_conn *c) {
-  sl_server *srv = c->srv;
+  sl_home *h = c->home;
   if (c->dirty) return;
-  if (srv->ndirty == srv->capdirty) {
-    size_t cap = srv->capdirty ? srv->capdirty * 2 : 256;
-    sl_conn **d = realloc(srv->dirty, cap * sizeof *d);
+  if (h->ndirty == h->capdirty) {
+    size_t cap = h->capdirty ? h->capdirty * 2 : 256;
+    sl_conn **d = realloc(h->dirty, cap * sizeof *d);
     if (!d) {
       flush(c);
       return;
     }
-    srv->dirty = d;
-    srv->capdirty = cap;
+    h->dirty = d;
+    h->capdirty = cap;
   }
-  srv->dirty[srv->ndirty++] = c;
-  c->dirty = (uint32_t)srv->ndirty;
+  h->dirty[h->ndirty++] = c;
+  c->dirty = (uint32_t)h->ndirty;
 }
 
 /* The first n queued buffers as iovecs (the first one from its offset); returns their bytes. */
@@ -214,8 +380,7 @@ static size_t iov(sl_conn *c, uv_buf_t *bufs, unsigned n) {
 /* Writes what is queued straight to the socket, as much as the kernel takes:
  * an idle subscriber's socket takes a whole event at once, and no write
  * request, callback or epoll change is needed. Returns the bytes written or a
- * negative error. It only reads the connection, so it may run on an I/O thread
- * (see sl_conn_flush_all); apply() books the result on the loop thread. */
+ * negative error. */
 static ssize_t write_out(sl_conn *c) {
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&c->tcp, &fd)) return UV_EBADF;
@@ -251,12 +416,11 @@ static ssize_t write_out(sl_conn *c) {
 static void apply(sl_conn *c, ssize_t w) {
   if (w < 0) {
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror((int)w));
-    sl_conn_ended(c, SL_END_CLIENT);
-    sl_conn_close(c);
+    io_lost(c, SL_END_CLIENT);
     return;
   }
-  c->queued -= (size_t)w;
-  c->srv->metrics.bytes_sent += (uint64_t)w;
+  written(c, (size_t)w);
+  sl_io_count(&c->home->bytes_sent, (uint64_t)w);
   size_t rem = (size_t)w + c->qoff;
   unsigned k = 0;
   while (k < c->qlen && rem >= c->q[k]->len) {
@@ -276,62 +440,44 @@ static void apply(sl_conn *c, ssize_t w) {
     c->inflight = 0;
     c->inflight_bytes = 0;
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror(r));
-    sl_conn_close(c);
+    io_lost(c, 0);
   }
 }
 
 static void flush(sl_conn *c) { apply(c, write_out(c)); }
 
-/* The write phase of the I/O threads (--workers): each writes its slice of
- * the turn's connections while the loop thread waits. */
-static void write_slice(void *ctx, size_t lo, size_t hi) {
-  sl_conn **d = ctx;
-  for (size_t i = lo; i < hi; i++) {
-    sl_conn *c = d[i];
-    if (c && !c->closing && !c->inflight && c->qlen) c->wres = write_out(c);
+/* The end of a home's turn: writes out every connection queued for during it. */
+static void flush_home(sl_home *h) {
+  /* Resuming a generator below may queue more (and mark more connections): the
+   * count is read again after each one, so they go out in this same call. */
+  for (size_t i = 0; i < h->ndirty; i++) {
+    sl_conn *c = h->dirty[i];
+    if (!c) continue;
+    c->dirty = 0;
+    if (c->io_closing || c->inflight) continue;
+    if (c->qlen) flush(c);
+    after_write(c);
   }
+  h->ndirty = 0;
 }
 
 void sl_conn_flush_all(sl_server *srv) {
-  /* Resuming a generator below may queue more (and mark more connections): the
-   * count is read again after each pass, so they go out in this same call. */
-  for (size_t start = 0; start < srv->ndirty;) {
-    size_t end = srv->ndirty;
-    if (srv->pool && end - start >= 2) {
-      /* Every thread's result is booked before anything can queue again:
-       * a write in between would send the bytes the threads already wrote. */
-      sl_pool_for(srv->pool, write_slice, srv->dirty + start, end - start, 1);
-      for (size_t i = start; i < end; i++) {
-        sl_conn *c = srv->dirty[i];
-        if (c && !c->closing && !c->inflight && c->qlen) apply(c, c->wres);
-      }
-    }
-    for (size_t i = start; i < end; i++) {
-      sl_conn *c = srv->dirty[i];
-      if (!c) continue;
-      c->dirty = 0;
-      if (c->closing || c->inflight) continue;
-      if (c->qlen) flush(c);
-      after_write(c);
-    }
-    start = end;
-  }
-  srv->ndirty = 0;
+  flush_home(srv->homes[0]);
+  sl_io_flush(srv->homes[0]);
 }
 
-static int enqueue(sl_conn *c, sl_buf *b, int coalesce) {
-  if (c->closing || c->ending) return -EPIPE;
-  size_t limit = c->srv->cfg.queue_limit;
+static int io_enqueue(sl_conn *c, sl_buf *b, int coalesce) {
+  if (c->io_closing || c->io_ending) return -EPIPE;
+  size_t limit = c->home->lim.queue_limit;
   /* What waits only for the end of the turn goes out first: the limit is for a client that does not read. */
   if (c->queued > 0 && c->queued + b->len > limit && !c->inflight) {
     flush(c);
-    if (c->closing) return -EPIPE;
+    if (c->io_closing) return -EPIPE;
   }
   if (c->queued > 0 && c->queued + b->len > limit) {
     sl_warn("conn %llu: closed as a slow consumer (%zu bytes queued)", (unsigned long long)c->id, c->queued);
-    sl_conn_ended(c, SL_END_SLOW);
-    c->srv->metrics.slow_disconnects++;
-    sl_conn_close(c);
+    sl_io_count(&c->home->slow_disconnects, 1);
+    io_lost(c, SL_END_SLOW);
     return -ENOBUFS;
   }
   if (c->qlen == c->qcap) {
@@ -342,18 +488,58 @@ static int enqueue(sl_conn *c, sl_buf *b, int coalesce) {
     c->qcap = cap;
   }
   c->q[c->qlen++] = sl_buf_ref(b);
-  c->queued += b->len;
-  c->bytes_sent += b->len;
+  set_queued(c, c->queued + b->len);
   c->wrote = 1;
   if (!c->inflight) {
     if (!coalesce || c->queued >= c->hwm) flush(c);
     else mark_dirty(c);
   }
-  return c->closing ? -EPIPE : 0;
+  return c->io_closing ? -EPIPE : 0;
 }
 
-int sl_conn_write(sl_conn *c, sl_buf *b) { return enqueue(c, b, 0); }
-int sl_conn_queue(sl_conn *c, sl_buf *b) { return enqueue(c, b, 1); }
+int sl_conn_io_write(sl_conn *c, sl_buf *b) { return io_enqueue(c, b, 0); }
+
+/* A buffer from the Lua half arrives at an I/O thread. */
+static void io_take(sl_conn *c, sl_buf *b, int coalesce) {
+  int r = io_enqueue(c, b, coalesce);
+  if (r == -ENOMEM) {
+    sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
+    io_lost(c, SL_END_ERROR);
+  }
+  __atomic_store_n(&c->received, c->received + b->len, __ATOMIC_RELEASE);
+  sl_buf_unref(b);
+}
+
+/* ---- write path (the Lua half's) ---- */
+
+/* Queues b for the connection: at once on the loop thread; by message (and
+ * then at the end of the thread's turn) on an I/O thread. */
+static int send_buf(sl_conn *c, sl_buf *b, int coalesce) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (local(c)) {
+    c->bytes_sent += b->len;
+    return io_enqueue(c, b, coalesce);
+  }
+  /* What the script (and the hub's count) hears at once. The thread judges
+   * its own queue too, exactly, after trying to write it out: here a client
+   * counts as slow only when more than its high-water mark waits already. */
+  uint64_t waiting = backlog(c);
+  if (waiting > c->hwm && waiting + b->len > c->srv->cfg.queue_limit) {
+    sl_warn("conn %llu: closed as a slow consumer (%llu bytes queued)", (unsigned long long)c->id,
+            (unsigned long long)waiting);
+    sl_io_count(&c->srv->homes[0]->slow_disconnects, 1);
+    sl_conn_ended(c, SL_END_SLOW);
+    sl_conn_close(c);
+    return -ENOBUFS;
+  }
+  c->bytes_sent += b->len;
+  c->posted += b->len;
+  to_home(c, OP_WRITE, sl_buf_ref(b), 1);
+  return 0;
+}
+
+int sl_conn_write(sl_conn *c, sl_buf *b) { return send_buf(c, b, 0); }
+int sl_conn_queue(sl_conn *c, sl_buf *b) { return send_buf(c, b, 1); }
 
 int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len) {
   if (c->closing || c->ending) return -EPIPE;
@@ -403,22 +589,32 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
     if (h) q->head = h;
     q->head_len = q->head_cap = q->url_len;
   }
+  uint64_t ms = heartbeat > 0 ? sl_secs_ms(heartbeat) : 0;
+  if (ms == SL_NEVER) ms = 0;
+  else if (heartbeat > 0 && !ms) ms = 1;
+  c->bytes_sent += b->len;
+  if (!local(c)) c->posted += b->len;
+  to_home(c, OP_STREAM, b, ms);
+  return c->closing ? -EPIPE : 0;
+}
+
+/* The home's start of a stream: no more requests; the head, then heartbeats. */
+static void io_stream(sl_conn *c, sl_buf *head, uint64_t ms) {
+  c->io_state = SL_CS_STREAM;
   free(c->in);
   c->in = NULL;
   c->inlen = c->incap = 0;
-  int r = sl_conn_write(c, b);
-  sl_buf_unref(b);
-  if (r == 0 && heartbeat > 0 && sl_secs_ms(heartbeat) != SL_NEVER) {
-    uint64_t ms = sl_secs_ms(heartbeat);
-    uv_timer_start(&c->timer, on_heartbeat, ms ? ms : 1, ms ? ms : 1);
-    /* A peer that vanished without a FIN never acknowledges the heartbeats: let the
-     * kernel fail the connection once they go unacknowledged this long. */
-    uv_os_fd_t fd;
-    double span = heartbeat * 2000 + 1000;
-    unsigned int uto = span < 4e9 ? (unsigned int)span : 4000000000u;
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
-  }
-  return r;
+  if (local(c)) io_enqueue(c, head, 0);
+  else io_take(c, sl_buf_ref(head), 1);
+  sl_buf_unref(head);
+  if (c->io_closing || !ms) return;
+  uv_timer_start(&c->timer, on_heartbeat, ms, ms);
+  /* A peer that vanished without a FIN never acknowledges the heartbeats: let the
+   * kernel fail the connection once they go unacknowledged this long. */
+  uv_os_fd_t fd;
+  double span = (double)ms * 2 + 1000;
+  unsigned int uto = span < 4e9 ? (unsigned int)span : 4000000000u;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
 }
 
 /* The hub's deliver(): 1 when the queue is now above the high-water mark (a
@@ -436,7 +632,8 @@ static int sub_deliver(sl_hub_sub *s, sl_buf *frame) {
     return -ENOBUFS;
   }
   if (r) return r;
-  return c->queued >= c->hwm;
+  /* Only a replay (a subscriber with held events) pauses for room. */
+  return local(c) ? c->queued >= c->hwm : s->h ? sl_conn_backlogged(c) : 0;
 }
 
 /* Goes on with a subscriber's replay that paused for queue room. */
@@ -510,23 +707,59 @@ int sl_conn_kick(sl_server *srv, const char *name, size_t len) {
 void sl_conn_end(sl_conn *c) {
   if (c->closing || c->ending) return;
   c->ending = 1;
-  if (c->qlen == 0) sl_conn_close(c);
+  to_home(c, OP_END, NULL, 0);
+}
+
+static void io_end(sl_conn *c) {
+  if (c->io_closing || c->io_ending) return;
+  c->io_ending = 1;
+  if (c->qlen == 0) io_lost(c, 0);
 }
 
 /* ---- close path ---- */
 
-static void on_closed(uv_handle_t *h) {
-  sl_conn *c = h->data;
-  if (--c->pending_closes) return;
-  if (c->srv->hooks.closed) c->srv->hooks.closed(c);
-  /* Found by id until here, so close hooks can still read conn.data. */
-  sl_server_untrack(c->srv, c);
+static void free_conn(sl_conn *c) {
   for (unsigned i = 0; i < c->qlen; i++) sl_buf_unref(c->q[i]);
   free(c->q);
   free(c->in);
   sl_req_free(c->req);
   free(c->data);
   free(c);
+}
+
+/* The Lua half hears its I/O half is gone (handles closed): close hooks run,
+ * then the home frees it, after every message sent to it before. */
+static void lua_gone(sl_conn *c, int why) {
+  sl_server *srv = c->srv;
+  if (!c->closing) {
+    if (why) sl_conn_ended(c, why);
+    sl_conn_close(c);
+  }
+  if (srv->hooks.closed) srv->hooks.closed(c);
+  /* Found by id until here, so close hooks can still read conn.data. */
+  sl_server_untrack(srv, c);
+  if (!local(c)) srv->io_pending--;
+  to_home(c, OP_FREE, NULL, 0);
+  sl_server_drained(srv);
+}
+
+static void on_closed(uv_handle_t *h) {
+  sl_conn *c = h->data;
+  if (--c->pending_closes) return;
+  to_lua(c, OP_GONE, NULL, c->io_why);
+}
+
+static void io_close(sl_conn *c, int why) {
+  if (c->io_closing) return;
+  c->io_closing = 1;
+  c->io_why = (uint8_t)why;
+  if (c->dirty) { /* it will not be flushed: its slot is left empty */
+    c->home->dirty[c->dirty - 1] = NULL;
+    c->dirty = 0;
+  }
+  c->pending_closes = 2;
+  uv_close((uv_handle_t *)&c->tcp, on_closed);
+  uv_close((uv_handle_t *)&c->timer, on_closed);
 }
 
 void sl_conn_close(sl_conn *c) {
@@ -538,10 +771,6 @@ void sl_conn_close(sl_conn *c) {
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   srv->nconns--;
-  if (c->dirty) { /* it will not be flushed: its slot is left empty */
-    srv->dirty[c->dirty - 1] = NULL;
-    c->dirty = 0;
-  }
   if (c->sub) {
     if (srv->hooks.replay_cancel) srv->hooks.replay_cancel(srv, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);
@@ -558,30 +787,27 @@ void sl_conn_close(sl_conn *c) {
     uv_close((uv_handle_t *)c->expiry, on_expiry_closed);
     c->expiry = NULL;
   }
-  c->pending_closes = 2;
-  uv_close((uv_handle_t *)&c->tcp, on_closed);
-  uv_close((uv_handle_t *)&c->timer, on_closed);
+  to_home(c, OP_CLOSE, NULL, 0);
   sl_server_drained(srv);
 }
 
-/* ---- read path ---- */
+/* ---- read path (the home's) ---- */
 
 static void parse_error(sl_conn *c) {
   int status = c->err_status ? c->err_status : 400;
   sl_debug("conn %llu: bad request (%d): %s", (unsigned long long)c->id, status,
            c->err_status ? "limit" : llhttp_get_error_reason(&c->parser));
-  if (c->state != SL_CS_HEAD) {
-    sl_conn_close(c);
+  if (c->io_state != SL_CS_HEAD) {
+    io_lost(c, 0);
     return;
   }
-  c->state = SL_CS_RESPONDED;
-  c->status = status;
+  c->io_state = SL_CS_BUSY;
   uv_timer_stop(&c->timer);
   sl_buf *b = sl_http_error(status);
-  if (b) sl_conn_write(c, b);
+  if (b) io_enqueue(c, b, 0);
+  to_lua(c, OP_BAD, (void *)(uintptr_t)(b ? b->len : 0), (uint64_t)status);
   sl_buf_unref(b);
-  if (c->req) access_log(c);
-  sl_conn_end(c);
+  io_end(c);
 }
 
 /* Parses p; returns the bytes used, or -1 after a parse error (the connection is ending). */
@@ -605,31 +831,21 @@ static int keep(sl_conn *c, const char *p, size_t n) {
   return sl_append(&c->in, &c->inlen, &c->incap, p, n, 1024);
 }
 
-static void dispatch(sl_conn *c) {
+/* A whole request was read: the Lua half has it until it lets the home read on (OP_NEXT). */
+static void io_dispatch(sl_conn *c) {
   c->msg_done = 0;
-  c->state = SL_CS_BUSY;
-  c->keepalive = llhttp_should_keep_alive(&c->parser) ? 1 : 0;
-  c->is_head = c->parser.method == HTTP_HEAD;
-  c->bytes_sent = 0;
-  c->status = 0;
+  c->io_state = SL_CS_BUSY;
   uv_timer_stop(&c->timer);
-  if (!c->srv->vm || c->srv->stopping) {
-    c->keepalive = 0;
-    sl_conn_respond(c, 503, NULL, "Service Unavailable\n", 20);
-    sl_conn_task_done(c, 1);
-    return;
-  }
-  if (c->srv->hooks.dispatch) c->srv->hooks.dispatch(c);
-  else sl_conn_task_done(c, 0); /* nothing to serve it: 500 */
+  to_lua(c, OP_DISPATCH, NULL, 0);
 }
 
 /* Serves the requests waiting in c->in, one at a time. */
 static void conn_process(sl_conn *c) {
   if (c->processing) return;
   c->processing = 1;
-  while (!c->closing && !c->ending && c->state == SL_CS_HEAD) {
+  while (!c->io_closing && !c->io_ending && c->io_state == SL_CS_HEAD) {
     if (c->msg_done) {
-      dispatch(c);
+      io_dispatch(c);
       continue;
     }
     if (c->inlen == 0) break;
@@ -640,7 +856,7 @@ static void conn_process(sl_conn *c) {
     if (!c->msg_done) break;
   }
   c->processing = 0;
-  if (!c->reading && !c->closing && c->inlen < SL_MAX_PENDING_IN / 2) {
+  if (!c->reading && !c->io_closing && c->inlen < SL_MAX_PENDING_IN / 2) {
     c->reading = 1;
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
   }
@@ -651,25 +867,61 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n == 0) return;
   if (n < 0) {
     /* The client left (or the socket failed): nothing more can be sent. */
-    sl_conn_ended(c, SL_END_CLIENT);
-    sl_conn_close(c);
+    io_lost(c, SL_END_CLIENT);
     return;
   }
-  if (c->closing || c->ending) return;
-  if (c->state == SL_CS_STREAM) return; /* a stream takes no more requests: read only to see EOF */
+  if (c->io_closing || c->io_ending) return;
+  if (c->io_state == SL_CS_STREAM) return; /* a stream takes no more requests: read only to see EOF */
   size_t len = (size_t)n;
   const char *p = buf->base;
-  if (c->state == SL_CS_HEAD && c->inlen == 0 && !c->msg_done) {
+  if (c->io_state == SL_CS_HEAD && c->inlen == 0 && !c->msg_done) {
     ssize_t used = feed(c, p, len);
     if (used < 0) return;
     p += used;
     len -= (size_t)used;
   }
   if (len && keep(c, p, len)) {
-    sl_conn_close(c);
+    io_lost(c, 0);
     return;
   }
   conn_process(c);
+}
+
+/* The Lua half let go of the request: read the next one. */
+static void io_next(sl_conn *c) {
+  if (c->io_closing || c->io_ending) return;
+  c->io_state = SL_CS_HEAD;
+  start_header_timer(c);
+  conn_process(c);
+}
+
+/* ---- the Lua half's side of a request ---- */
+
+static void lua_dispatch(sl_conn *c) {
+  if (c->closing || c->ending) return;
+  c->state = SL_CS_BUSY;
+  c->keepalive = llhttp_should_keep_alive(&c->parser) ? 1 : 0;
+  c->is_head = c->parser.method == HTTP_HEAD;
+  c->bytes_sent = 0;
+  c->status = 0;
+  if (!c->srv->vm || c->srv->stopping) {
+    c->keepalive = 0;
+    sl_conn_respond(c, 503, NULL, "Service Unavailable\n", 20);
+    sl_conn_task_done(c, 1);
+    return;
+  }
+  if (c->srv->hooks.dispatch) c->srv->hooks.dispatch(c);
+  else sl_conn_task_done(c, 0); /* nothing to serve it: 500 */
+}
+
+/* The home answered a bad request itself (and closes once it is written). */
+static void lua_bad(sl_conn *c, int status, size_t bytes) {
+  if (c->closing) return;
+  c->state = SL_CS_RESPONDED;
+  c->status = status;
+  c->bytes_sent = bytes;
+  if (c->req) access_log(c);
+  c->ending = 1;
 }
 
 void sl_conn_fail(sl_conn *c) {
@@ -705,6 +957,61 @@ void sl_conn_task_done(sl_conn *c, int ok) {
   sl_req_free(c->req);
   c->req = NULL;
   c->state = SL_CS_HEAD;
-  start_header_timer(c);
-  conn_process(c);
+  to_home(c, OP_NEXT, NULL, 0);
+}
+
+/* ---- messages, homes ---- */
+
+static void on_message(sl_home *h, sl_msg *m) {
+  sl_conn *c = m->c;
+  switch (m->op) {
+  case OP_ACCEPT: io_accept(c, (int)m->n); break;
+  case OP_WRITE: io_take(c, m->p, (int)m->n); break;
+  case OP_STREAM: io_stream(c, m->p, m->n); break;
+  case OP_NEXT: io_next(c); break;
+  case OP_END: io_end(c); break;
+  case OP_CLOSE: io_close(c, 0); break;
+  case OP_FREE: free_conn(c); break;
+  case OP_CONFIG:
+    h->lim = *(sl_io_limits *)m->p;
+    free(m->p);
+    break;
+  case OP_DISPATCH: lua_dispatch(c); break;
+  case OP_BAD: lua_bad(c, (int)m->n, (size_t)(uintptr_t)m->p); break;
+  case OP_GONE: lua_gone(c, (int)m->n); break;
+  case OP_DRAINED:
+    if (!c->closing && !sl_conn_backlogged(c)) lua_drained(c);
+    break;
+  }
+}
+
+int sl_conn_homes(sl_server *srv, int n) {
+  int r = sl_io_start(srv, srv->loop, n, on_message, flush_home, &srv->homes);
+  if (!r) sl_conn_config(srv);
+  return r;
+}
+
+void sl_conn_config(sl_server *srv) {
+  sl_io_limits lim = {srv->cfg.max_header, srv->cfg.max_body, srv->cfg.queue_limit, srv->cfg.header_timeout};
+  sl_home *h0 = srv->homes[0];
+  h0->lim = lim;
+  for (int i = 1; i < h0->nhomes; i++) {
+    sl_io_limits *copy = malloc(sizeof *copy);
+    if (!copy) {
+      sl_error("io: out of memory: thread %d keeps its limits", i);
+      continue;
+    }
+    *copy = lim;
+    must_post(h0, i, (sl_msg){NULL, copy, 0, OP_CONFIG});
+  }
+}
+
+void sl_conn_totals(sl_server *srv, uint64_t *bytes_sent, uint64_t *heartbeats, uint64_t *slow) {
+  *bytes_sent = *heartbeats = *slow = 0;
+  sl_home **all = srv->homes;
+  for (int i = 0; all && i < all[0]->nhomes; i++) {
+    *bytes_sent += sl_io_read(&all[i]->bytes_sent);
+    *heartbeats += sl_io_read(&all[i]->heartbeats);
+    *slow += sl_io_read(&all[i]->slow_disconnects);
+  }
 }

@@ -1,8 +1,18 @@
 /* conn: one client connection: the read path into the HTTP parser, the write
  * queue of refcounted buffers, the header timeout / heartbeat timer, and the one
- * close path. Uses http (parsing, heads), buf, hub (its subscription) and
- * server (config, the connection registry); it calls up into the Lua side and
- * the engine only through the server's hooks (dispatch, close hooks, tasks). */
+ * close path. Uses http (parsing, heads), buf, hub (its subscription), io (the
+ * homes and their messages) and server (config, the connection registry); it
+ * calls up into the Lua side and the engine only through the server's hooks
+ * (dispatch, close hooks, tasks).
+ *
+ * A connection has two halves. Its I/O half (socket, parser, pipelined bytes,
+ * write queue, timers) belongs to its home: the loop thread, or with --workers
+ * one of the I/O threads. Its Lua half (state, handler task, subscription,
+ * handle, conn.data, what the access line needs) belongs to the loop thread.
+ * The functions below are the Lua half's: they run on the loop thread only and
+ * reach a connection on another home by message. A request is handed over
+ * whole: the home parses it and stops; the loop thread owns it (req, parser)
+ * until it answers and lets the home read the next one. */
 #ifndef SL_CONN_H
 #define SL_CONN_H
 #include <llhttp.h>
@@ -12,6 +22,7 @@
 #include "buf.h"
 #include "http.h"
 #include "hub.h"
+#include "io.h"
 
 struct sl_server;
 struct sl_task;
@@ -36,6 +47,7 @@ typedef struct sl_conn {
   uv_timer_t timer;          /* header timeout, then heartbeats */
   uv_write_t wreq;
   struct sl_server *srv;
+  sl_home *home;             /* where its I/O half lives */
   struct sl_vm *vm;          /* the Lua state that holds it (the Lua side's to manage) */
   struct sl_conn *prev, *next;
   uint64_t id;
@@ -45,10 +57,11 @@ typedef struct sl_conn {
   size_t inlen, incap;
   sl_buf **q;                /* write queue; the first `inflight` entries are in a uv_write */
   unsigned qlen, qcap, inflight;
-  size_t queued;             /* bytes in q not yet written */
+  size_t queued;             /* bytes in q not yet written (atomic stores: read by the loop thread) */
   size_t qoff;               /* bytes of q[0] already written */
   size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
-  ssize_t wres;              /* what an I/O thread's write of it gave (sl_conn_flush_all) */
+  uint64_t posted;           /* loop thread: bytes handed to its home by message */
+  uint64_t received;         /* home: bytes of those it has taken (atomic stores) */
   size_t hwm;                /* high-water mark for generators */
   uint64_t bytes_sent;       /* bytes queued for the current response */
   uint64_t started;          /* uv_hrtime() when the current request began */
@@ -62,12 +75,16 @@ typedef struct sl_conn {
   char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
   uint32_t data_len;
   uint8_t mode;              /* enum sl_conn_mode, once it streams */
-  uint32_t dirty;            /* its place (+1) in the server's list of connections to flush, 0 if none */
+  uint32_t dirty;            /* its place (+1) in its home's list of connections to flush, 0 if none */
   uint32_t events;           /* events sent on its stream (the access line) */
   uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
-  uint8_t state;
-  uint8_t closing : 1, ending : 1, keepalive : 1, msg_done : 1, reading : 1, wrote : 1,
-      processing : 1, is_head : 1;
+  uint8_t state;             /* the Lua half's view */
+  uint8_t io_state;          /* the home's: SL_CS_HEAD, SL_CS_BUSY (handed over) or SL_CS_STREAM */
+  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1;
+  uint8_t : 0;               /* the two halves' flags apart: each half writes only its own */
+  uint8_t io_closing : 1, io_ending : 1, msg_done : 1, reading : 1, wrote : 1, processing : 1;
+  uint8_t io_why;            /* why the home closed it (enum sl_conn_end), for the loop thread */
+  uint8_t want_drain;        /* the loop thread waits to hear it went below hwm (atomic) */
   uint8_t pending_closes;
   char peer[48];
 } sl_conn;
@@ -98,8 +115,20 @@ int sl_conn_change(sl_conn *c, const sl_hub_str *chans, int n, int add);
 /* Ends every connection subscribed to the channel (once what is queued is
  * written); returns how many, or -ENOMEM. */
 int sl_conn_kick(struct sl_server *srv, const char *name, size_t len);
-/* Writes out what was queued during this turn of the loop (see mark_dirty). */
+/* Writes out what was queued during this turn of the loop (see mark_dirty)
+ * and hands the turn's messages to the I/O threads. */
 void sl_conn_flush_all(struct sl_server *srv);
+/* Starts the homes: the loop thread and n-1 I/O threads. 0 or a negative errno. */
+int sl_conn_homes(struct sl_server *srv, int n);
+/* Gives every home the limits of srv->cfg (after a (re)load). */
+void sl_conn_config(struct sl_server *srv);
+/* Whether the connection has hwm bytes or more waiting to be written; when it
+ * is on another home and has, the Lua side hears (hooks.drained) once it is below. */
+int sl_conn_backlogged(sl_conn *c);
+/* The home's own write (a 100 Continue while parsing): runs on its home. */
+int sl_conn_io_write(sl_conn *c, sl_buf *b);
+/* Counters the homes keep, summed. */
+void sl_conn_totals(struct sl_server *srv, uint64_t *bytes_sent, uint64_t *heartbeats, uint64_t *slow);
 /* Ends the stream in ms milliseconds (a token's expiry). 0 or -ENOMEM. */
 int sl_conn_expire_in(sl_conn *c, uint64_t ms);
 /* Notes why the connection's stream ends (the first cause given is kept). */

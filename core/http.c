@@ -28,7 +28,7 @@ static int reject(llhttp_t *p, int status) {
 static int head_add(llhttp_t *p, const char *at, size_t len) {
   sl_conn *c = conn_of(p);
   sl_req *r = c->req;
-  if (r->head_len + len > c->srv->cfg.max_header) return reject(p, 431);
+  if (r->head_len + len > c->home->lim.max_header) return reject(p, 431);
   return sl_append(&r->head, &r->head_len, &r->head_cap, at, len, 512) ? reject(p, 503) : 0;
 }
 
@@ -103,7 +103,7 @@ static int expects_continue(sl_req *r) {
 static int on_headers_complete(llhttp_t *p) {
   sl_conn *c = conn_of(p);
   if ((p->flags & F_CONTENT_LENGTH) && (p->flags & F_TRANSFER_ENCODING)) return reject(p, 400);
-  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->cfg.max_body) return reject(p, 413);
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->home->lim.max_body) return reject(p, 413);
   /* The header timer goes on until the body is in too: a body sent a byte at a
    * time would otherwise hold its connection (and up to max_body) for ever. */
   int has_body = (p->flags & F_TRANSFER_ENCODING) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
@@ -111,7 +111,7 @@ static int on_headers_complete(llhttp_t *p) {
     /* Tell the client to send the body now rather than after its own wait (curl waits a second). */
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     sl_buf *b = sl_buf_from(cont, sizeof cont - 1);
-    if (b) sl_conn_write(c, b);
+    if (b) sl_conn_io_write(c, b);
     sl_buf_unref(b);
   }
   return 0;
@@ -120,7 +120,7 @@ static int on_headers_complete(llhttp_t *p) {
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   sl_conn *c = conn_of(p);
   sl_req *r = c->req;
-  if (r->body_len + len > c->srv->cfg.max_body) return reject(p, 413);
+  if (r->body_len + len > c->home->lim.max_body) return reject(p, 413);
   return sl_append(&r->body, &r->body_len, &r->body_cap, at, len, 1024) ? reject(p, 503) : 0;
 }
 

@@ -50,7 +50,7 @@ static int write_result(lua_State *L, sl_conn *c, int r) {
   if (r == -ENOMEM) return fail(L, "out of memory");
   if (r) return fail(L, "closed");
   lua_pushboolean(L, 1);
-  lua_pushboolean(L, c->queued >= c->hwm);
+  lua_pushboolean(L, sl_conn_backlogged(c));
   return 2;
 }
 

@@ -161,6 +161,7 @@ void sl_vm_activate(sl_vm *vm) {
   srv->hub.hold_limit = vm->cfg.queue_limit;
   srv->hub.ttl = vm->cfg.history_ttl;
   sl_watchdog_limit(vm->cfg.watchdog);
+  if (srv->homes) sl_conn_config(srv);
   srv->vm = vm;
   if (!old || old == vm) return;
   if (strcmp(old->cfg.redis, vm->cfg.redis) != 0)

@@ -9,9 +9,10 @@
 #include <uv.h>
 #include "log.h"
 #include "lua_vm.h"
-#include "pool.h"
 #include "redis.h"
 #include "reload.h"
+#include "conn.h"
+#include "io.h"
 #include "server.h"
 #include "watchdog.h"
 
@@ -151,8 +152,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   srv.hooks.stop = stop_all;
-  if (workers > 1 && !(srv.pool = sl_pool_new((int)workers - 1))) {
-    fprintf(stderr, "sluice: cannot start %ld worker threads\n", workers);
+  if (sl_conn_homes(&srv, (int)workers)) {
+    fprintf(stderr, "sluice: cannot start %ld I/O threads\n", workers - 1);
     return 1;
   }
 
@@ -190,7 +191,7 @@ int main(int argc, char **argv) {
     goto out;
   }
   sl_info("sluice %s serving %s", SLUICE_VERSION, script);
-  if (workers > 1) sl_info("%ld workers write to the clients", workers);
+  if (workers > 1) sl_info("%ld workers: the loop thread and %ld I/O threads serve the clients", workers, workers - 1);
   uv_run(&loop, UV_RUN_DEFAULT);
 out:
   sl_server_stop(&srv);
@@ -205,7 +206,7 @@ out:
   /* Lua's close may have closed handles of its own. */
   uv_run(&loop, UV_RUN_DEFAULT);
   sl_watchdog_stop();
-  sl_pool_free(srv.pool);
+  sl_io_stop(srv.homes); /* after the drain, nothing is left on the I/O threads */
   sl_server_free(&srv);
   if (uv_loop_close(&loop)) sl_warn("event loop closed with handles still open");
   return status;

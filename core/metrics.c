@@ -126,15 +126,17 @@ static void walk(sl_server *srv, emitter *e) {
 
   one(e, "sluice_events_sent_total", "counter", "Events queued to clients (published and sent).",
       (double)m->events_sent);
-  one(e, "sluice_sent_bytes_total", "counter", "Bytes written to client sockets.", (double)m->bytes_sent);
-  one(e, "sluice_heartbeats_total", "counter", "Heartbeat comments sent.", (double)m->heartbeats);
+  uint64_t sent, beats, slow;
+  sl_conn_totals(srv, &sent, &beats, &slow);
+  one(e, "sluice_sent_bytes_total", "counter", "Bytes written to client sockets.", (double)sent);
+  one(e, "sluice_heartbeats_total", "counter", "Heartbeat comments sent.", (double)beats);
   one(e, "sluice_published_total", "counter", "Events published to the hub (from this node or, with Redis, read from it).",
       (double)srv->hub.published);
   one(e, "sluice_delivered_total", "counter", "Events given to subscribers.", (double)srv->hub.delivered);
   one(e, "sluice_replays_total", "counter", "Replays after Last-Event-ID.", (double)srv->hub.replays);
   one(e, "sluice_replayed_events_total", "counter", "Events given in replays.", (double)srv->hub.replayed);
   one(e, "sluice_slow_disconnects_total", "counter", "Clients disconnected as slow consumers (over queue_limit).",
-      (double)m->slow_disconnects);
+      (double)slow);
 
   e->family(e, "sluice_reloads_total", "counter", "Script reloads, by result.");
   const char *ok[] = {"result", "ok", NULL}, *failed[] = {"result", "failed", NULL};

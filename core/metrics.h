@@ -24,8 +24,7 @@ typedef struct sl_metrics {
   uint64_t accepted;
   uint64_t refused_limit;          /* over max_connections */
   uint64_t requests[SL_M_N][6];    /* by method and status class (1xx..5xx; 0 = none) */
-  uint64_t events_sent, bytes_sent, heartbeats;
-  uint64_t slow_disconnects;
+  uint64_t events_sent;
   uint64_t reloads_ok, reloads_failed;
   uint64_t lua_errors[SL_ERR_N];
   sl_hist fanout;                  /* seconds from a publish until it was written to every local subscriber */

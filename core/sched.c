@@ -114,7 +114,7 @@ void sl_task_resume(sl_task *t, int nargs) {
     }
     if (tag && tag == tags[SL_TAG_WAIT]) {
       lua_settop(co, 0);
-      if (t->conn && t->conn->queued >= t->conn->hwm) {
+      if (t->conn && sl_conn_backlogged(t->conn)) {
         t->waiting = 1;
         return;
       }

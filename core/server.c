@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "conn.h"
+#include "io.h"
 #include "log.h"
 
 void sl_config_defaults(sl_config *cfg) {
@@ -163,10 +164,12 @@ static void on_drain_deadline(uv_timer_t *t) {
 }
 
 void sl_server_drained(sl_server *srv) {
-  if (!srv->stopping || srv->conns) return;
+  /* Connections on I/O threads are gone once their threads have closed them. */
+  if (!srv->stopping || srv->conns || srv->io_pending) return;
   if (!uv_is_closing((uv_handle_t *)&srv->drain)) uv_close((uv_handle_t *)&srv->drain, NULL);
   /* Nothing is left to write; signals go back to their defaults. */
   if (!uv_is_closing((uv_handle_t *)&srv->flusher)) uv_close((uv_handle_t *)&srv->flusher, NULL);
+  sl_io_close(srv->homes);
   if (srv->sigint.data && !uv_is_closing((uv_handle_t *)&srv->sigint)) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
@@ -205,7 +208,6 @@ void sl_server_stop(sl_server *srv) {
 void sl_server_free(sl_server *srv) {
   sl_hub_free(&srv->hub);
   free(srv->byid);
-  free(srv->dirty);
   for (size_t i = 0; i < srv->nroutes; i++) free(srv->routes[i]);
   free(srv->routes);
 }

@@ -15,7 +15,7 @@ struct sl_vm;
 struct sl_redis;
 struct sl_task;
 struct sl_server;
-struct sl_pool;
+struct sl_home;
 
 /* How the units below the Lua side (conn, server) call up into it and into
  * the engine, as libuv and Redis do it: through a small table of functions
@@ -60,7 +60,6 @@ typedef struct sl_config {
 } sl_config;
 
 #define SL_MAX_LISTENERS 16
-#define SL_READ_BUF 65536
 #define SL_GRACE 5.0 /* seconds the drain at shutdown may take, by default */
 
 typedef struct sl_server {
@@ -87,16 +86,15 @@ typedef struct sl_server {
   uv_timer_t sweep;        /* expires history */
   uv_timer_t drain;        /* the deadline for writing out what is queued at shutdown */
   uv_prepare_t flusher;    /* writes out each turn's queued bytes before the loop waits */
-  struct sl_pool *pool;    /* the I/O threads that share those writes (--workers), NULL for one */
-  struct sl_conn **dirty;  /* connections with bytes queued this turn (NULL: closed since) */
-  size_t ndirty, capdirty;
+  struct sl_home **homes;  /* where connections live: [0] the loop thread, then the I/O threads (--workers) */
+  unsigned next_home;      /* the home of the next connection, round robin */
+  unsigned io_pending;     /* connections on I/O threads not yet gone from them */
   int stopping;
   double grace;            /* seconds the drain at shutdown may take (--grace) */
   struct sl_conn **byid;   /* live connections by id (sl_server_conn) */
   size_t byid_len, byid_cap;
   char **routes;           /* route patterns of connections, each kept once */
   size_t nroutes;
-  char readbuf[SL_READ_BUF]; /* the one read buffer: each read is parsed before the next */
 } sl_server;
 
 void sl_config_defaults(sl_config *cfg);

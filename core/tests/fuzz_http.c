@@ -21,6 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     sl_server_init(&srv, &loop);
     srv.cfg.max_header = 1024;
     srv.cfg.max_body = 4096;
+    if (sl_conn_homes(&srv, 1)) abort();
     ready = 1;
   }
   if (size < 1) return 0;
@@ -29,7 +30,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size--;
   sl_conn *c = calloc(1, sizeof *c);
   c->srv = &srv;
-  c->closing = 1; /* no socket: writes (100 Continue) are refused */
+  c->home = srv.homes[0];
+  c->io_closing = 1; /* no socket: writes (100 Continue) are refused */
   uv_timer_init(&loop, &c->timer);
   c->timer.data = c;
   llhttp_init(&c->parser, HTTP_REQUEST, &sl_http_settings);

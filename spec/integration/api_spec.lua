@@ -134,8 +134,10 @@ describe("script API", function()
     assert.equal(204, s:request("POST", "/burst/20").status)
     for i = 1, 20 do assert.equal(tostring(i), assert(st:read_event()).data) end
     -- the 20 events in one writev, the response, its access log line: not 20
-    -- writes (under valgrind, whose own writes count in the process's, only the order)
-    if not gw.VALGRIND then assert.is_true(writes() - before <= 4, "write calls: " .. (writes() - before)) end
+    -- writes (under valgrind, whose own writes count in the process's, only the order);
+    -- with I/O threads, the wake-ups of the threads (an eventfd write each) count too
+    local most = tonumber(gw.WORKERS or "1") > 1 and 10 or 4
+    if not gw.VALGRIND then assert.is_true(writes() - before <= most, "write calls: " .. (writes() - before)) end
     st:close()
   end)
 
