@@ -33,7 +33,8 @@ static void conn_process(sl_conn *c);
 /* What one half asks of the other. */
 enum {
   OP_ACCEPT = 1, /* home: take the socket n */
-  OP_WRITE,      /* home: queue p (a buffer; n: 1 to write it at the end of the turn) */
+  OP_WRITE,      /* home: queue p (a buffer, one reference) for the end of its turn */
+  OP_MORE,       /* home: queue the buffer of the OP_WRITE before it too (a fan-out: no reference of its own) */
   OP_STREAM,     /* home: queue the stream head p; heartbeats every n ms (0: none) */
   OP_NEXT,       /* home: the request is done, read the next */
   OP_END,        /* home: close once everything queued is written */
@@ -446,8 +447,16 @@ static void apply(sl_conn *c, ssize_t w) {
 
 static void flush(sl_conn *c) { apply(c, write_out(c)); }
 
+/* The reference of the fan-out just handled goes once its last OP_MORE is. */
+static void fanout_done(sl_home *h) {
+  if (!h->fanout) return;
+  sl_buf_unref(h->fanout);
+  h->fanout = NULL;
+}
+
 /* The end of a home's turn: writes out every connection queued for during it. */
 static void flush_home(sl_home *h) {
+  fanout_done(h);
   /* Resuming a generator below may queue more (and mark more connections): the
    * count is read again after each one, so they go out in this same call. */
   for (size_t i = 0; i < h->ndirty; i++) {
@@ -500,14 +509,13 @@ static int io_enqueue(sl_conn *c, sl_buf *b, int coalesce) {
 int sl_conn_io_write(sl_conn *c, sl_buf *b) { return io_enqueue(c, b, 0); }
 
 /* A buffer from the Lua half arrives at an I/O thread. */
-static void io_take(sl_conn *c, sl_buf *b, int coalesce) {
-  int r = io_enqueue(c, b, coalesce);
+static void io_take(sl_conn *c, sl_buf *b) {
+  int r = io_enqueue(c, b, 1);
   if (r == -ENOMEM) {
     sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
     io_lost(c, SL_END_ERROR);
   }
   __atomic_store_n(&c->received, c->received + b->len, __ATOMIC_RELEASE);
-  sl_buf_unref(b);
 }
 
 /* ---- write path (the Lua half's) ---- */
@@ -516,15 +524,28 @@ static void io_take(sl_conn *c, sl_buf *b, int coalesce) {
  * then at the end of the thread's turn) on an I/O thread. */
 static int send_buf(sl_conn *c, sl_buf *b, int coalesce) {
   if (c->closing || c->ending) return -EPIPE;
-  if (local(c)) {
-    c->bytes_sent += b->len;
-    return io_enqueue(c, b, coalesce);
+  c->bytes_sent += b->len;
+  if (local(c)) return io_enqueue(c, b, coalesce);
+  if (coalesce) {
+    /* A publish: the subscribers of one thread share one reference and one
+     * run of messages; no atomic operation per subscriber here. The thread
+     * judges each one's queue (a slow one is closed there). */
+    c->posted += b->len;
+    sl_home *h0 = c->srv->homes[0];
+    sl_msg *last = sl_io_last(h0, c->home->index);
+    if (last && last->p == b && (last->op == OP_WRITE || last->op == OP_MORE))
+      must_post(h0, c->home->index, (sl_msg){c, b, 0, OP_MORE});
+    else
+      to_home(c, OP_WRITE, sl_buf_ref(b), 0);
+    return 0;
   }
-  /* What the script (and the hub's count) hears at once. The thread judges
-   * its own queue too, exactly, after trying to write it out: here a client
-   * counts as slow only when more than its high-water mark waits already. */
+  /* What the script writes itself: a client over queue_limit is told of at
+   * once, as on the loop thread. The thread judges its queue too, exactly,
+   * after trying to write it out: here a client counts as slow only when more
+   * than its high-water mark waits already. */
   uint64_t waiting = backlog(c);
   if (waiting > c->hwm && waiting + b->len > c->srv->cfg.queue_limit) {
+    c->bytes_sent -= b->len;
     sl_warn("conn %llu: closed as a slow consumer (%llu bytes queued)", (unsigned long long)c->id,
             (unsigned long long)waiting);
     sl_io_count(&c->srv->homes[0]->slow_disconnects, 1);
@@ -532,9 +553,8 @@ static int send_buf(sl_conn *c, sl_buf *b, int coalesce) {
     sl_conn_close(c);
     return -ENOBUFS;
   }
-  c->bytes_sent += b->len;
   c->posted += b->len;
-  to_home(c, OP_WRITE, sl_buf_ref(b), 1);
+  to_home(c, OP_WRITE, sl_buf_ref(b), 0);
   return 0;
 }
 
@@ -605,7 +625,7 @@ static void io_stream(sl_conn *c, sl_buf *head, uint64_t ms) {
   c->in = NULL;
   c->inlen = c->incap = 0;
   if (local(c)) io_enqueue(c, head, 0);
-  else io_take(c, sl_buf_ref(head), 1);
+  else io_take(c, head);
   sl_buf_unref(head);
   if (c->io_closing || !ms) return;
   uv_timer_start(&c->timer, on_heartbeat, ms, ms);
@@ -733,6 +753,7 @@ static void lua_gone(sl_conn *c, int why) {
   sl_server *srv = c->srv;
   if (!c->closing) {
     if (why) sl_conn_ended(c, why);
+    if (why == SL_END_SLOW && c->sub) srv->hub.dropped_slow++; /* as a refused delivery counts on the loop thread */
     sl_conn_close(c);
   }
   if (srv->hooks.closed) srv->hooks.closed(c);
@@ -964,9 +985,14 @@ void sl_conn_task_done(sl_conn *c, int ok) {
 
 static void on_message(sl_home *h, sl_msg *m) {
   sl_conn *c = m->c;
+  if (m->op == OP_MORE) {
+    io_take(c, h->fanout);
+    return;
+  }
+  fanout_done(h);
   switch (m->op) {
   case OP_ACCEPT: io_accept(c, (int)m->n); break;
-  case OP_WRITE: io_take(c, m->p, (int)m->n); break;
+  case OP_WRITE: io_take(c, h->fanout = m->p); break;
   case OP_STREAM: io_stream(c, m->p, m->n); break;
   case OP_NEXT: io_next(c); break;
   case OP_END: io_end(c); break;

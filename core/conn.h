@@ -43,16 +43,39 @@ enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL
                    SL_END_EXPIRED };
 
 typedef struct sl_conn {
-  uv_tcp_t tcp;
-  uv_timer_t timer;          /* header timeout, then heartbeats */
-  uv_write_t wreq;
+  /* The Lua half's (loop thread), first: a publish touches only these, far
+   * from the lines the home writes, so the two threads do not share lines. */
   struct sl_server *srv;
   sl_home *home;             /* where its I/O half lives */
   struct sl_vm *vm;          /* the Lua state that holds it (the Lua side's to manage) */
   struct sl_conn *prev, *next;
   uint64_t id;
+  uint64_t posted;           /* bytes handed to its home by message */
+  uint64_t bytes_sent;       /* bytes queued for the current response */
+  uint32_t events;           /* events sent on its stream (the access line) */
+  int status;                /* status sent for the current request */
+  struct sl_task *task;      /* the handler coroutine, if one runs */
+  sl_hub_sub *sub;           /* its subscription, if it subscribed */
+  uv_timer_t *expiry;        /* ends the stream at opts.expires_at, if set (allocated then) */
+  int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
+  uint32_t data_len;
+  const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
+  char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
+  uint8_t mode;              /* enum sl_conn_mode, once it streams */
+  uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
+  uint8_t state;             /* the Lua half's view */
+  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1;
+  /* Handed over with a request: the home writes them while it reads one, the
+   * Lua half reads them while it serves it. */
   llhttp_t parser;
   sl_req *req;               /* the request being read or served */
+  uint64_t started;          /* uv_hrtime() when the current request began */
+  char peer[48];             /* set before the home starts */
+  size_t hwm;                /* high-water mark for generators and replays (set before the home starts) */
+  /* The home's. */
+  uv_tcp_t tcp;
+  uv_timer_t timer;          /* header timeout, then heartbeats */
+  uv_write_t wreq;
   char *in;                  /* bytes received while a request is served */
   size_t inlen, incap;
   sl_buf **q;                /* write queue; the first `inflight` entries are in a uv_write */
@@ -60,33 +83,14 @@ typedef struct sl_conn {
   size_t queued;             /* bytes in q not yet written (atomic stores: read by the loop thread) */
   size_t qoff;               /* bytes of q[0] already written */
   size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
-  uint64_t posted;           /* loop thread: bytes handed to its home by message */
-  uint64_t received;         /* home: bytes of those it has taken (atomic stores) */
-  size_t hwm;                /* high-water mark for generators */
-  uint64_t bytes_sent;       /* bytes queued for the current response */
-  uint64_t started;          /* uv_hrtime() when the current request began */
-  int status;                /* status sent for the current request */
+  uint64_t received;         /* bytes of those posted it has taken (atomic stores) */
   int err_status;            /* set by a parser callback that rejects the request */
-  struct sl_task *task;      /* the handler coroutine, if one runs */
-  sl_hub_sub *sub;           /* its subscription, if it subscribed */
-  uv_timer_t *expiry;        /* ends the stream at opts.expires_at, if set (allocated then) */
-  int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
-  const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
-  char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
-  uint32_t data_len;
-  uint8_t mode;              /* enum sl_conn_mode, once it streams */
   uint32_t dirty;            /* its place (+1) in its home's list of connections to flush, 0 if none */
-  uint32_t events;           /* events sent on its stream (the access line) */
-  uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
-  uint8_t state;             /* the Lua half's view */
-  uint8_t io_state;          /* the home's: SL_CS_HEAD, SL_CS_BUSY (handed over) or SL_CS_STREAM */
-  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1;
-  uint8_t : 0;               /* the two halves' flags apart: each half writes only its own */
+  uint8_t io_state;          /* SL_CS_HEAD, SL_CS_BUSY (handed over) or SL_CS_STREAM */
   uint8_t io_closing : 1, io_ending : 1, msg_done : 1, reading : 1, wrote : 1, processing : 1;
   uint8_t io_why;            /* why the home closed it (enum sl_conn_end), for the loop thread */
   uint8_t want_drain;        /* the loop thread waits to hear it went below hwm (atomic) */
   uint8_t pending_closes;
-  char peer[48];
 } sl_conn;
 
 /* Accepts one connection from a listener. */

@@ -59,6 +59,7 @@ struct sl_home {
   struct sl_conn **dirty;   /* its connections with bytes queued this turn (NULL: closed since) */
   size_t ndirty, capdirty;
   sl_io_limits lim;
+  void *fanout;             /* the handler's: the buffer of the fan-out being handled */
   /* Counters, written by this home only (atomic stores), read by the metrics. */
   uint64_t bytes_sent, heartbeats, slow_disconnects;
   int started, stopping;
@@ -69,6 +70,11 @@ struct sl_home {
 int sl_io_start(struct sl_server *srv, uv_loop_t *loop, int n, sl_io_handler handle, sl_io_turn turn, sl_home ***out);
 /* Queues m for home `to` (delivered at the end of from's turn). -ENOMEM if it cannot. */
 int sl_io_post(sl_home *from, int to, sl_msg m);
+/* The message last queued for home `to` in this turn, NULL if none. */
+static inline sl_msg *sl_io_last(sl_home *from, int to) {
+  sl_mbox *o = &from->out[to];
+  return o->n ? &o->v[o->n - 1] : NULL;
+}
 /* Hands every waiting outbox of from to its home now. */
 void sl_io_flush(sl_home *from);
 /* Stops the threads once what was posted to them is handled, joins them and
