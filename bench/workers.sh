@@ -26,7 +26,7 @@ threads_cpu() {
 }
 
 printf "%-8s %6s %10s %8s %9s %9s %10s %10s %9s %9s\n" workers ev/s delivered/s delivery p50_ms p99_ms user_us/d kern_us/d loop_cpu io_cpu
-for w in 1 2 auto; do
+for w in ${WORKERS_LIST:-1 2 auto}; do
   for hz in $RATES; do
     SLUICE_ARGS="--workers $w" start_gateway "$BENCH_DIR/apps/pubsub.lua"
     "$BUILD/sse_load" -p "$GW_PORT" -P /sub/bench -n "$N" -L -d 3600 >"$TMP/out" 2>"$TMP/err" &

@@ -239,9 +239,11 @@ static void io_accept(sl_conn *c, int fd) {
 
 void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
   sl_home **homes = srv->homes;
+  /* With I/O threads, the connections are theirs, round robin: the loop
+   * thread keeps Lua, the hub and the framing (and what cannot be handed over). */
   if (homes[0]->nhomes > 1 && srv->nconns < srv->cfg.max_connections) {
-    unsigned i = srv->next_home++ % (unsigned)homes[0]->nhomes;
-    if (i && accept_remote(srv, listener, homes[i]) == 0) return;
+    unsigned i = 1 + srv->next_home++ % (unsigned)(homes[0]->nhomes - 1);
+    if (accept_remote(srv, listener, homes[i]) == 0) return;
   }
   sl_conn *c = conn_new(srv, homes[0]);
   if (!c) return;
@@ -471,6 +473,9 @@ static void flush_home(sl_home *h) {
 }
 
 void sl_conn_flush_all(sl_server *srv) {
+  /* The threads first, so their writes run while this one does its own;
+   * then what resumed generators queued for them meanwhile. */
+  sl_io_flush(srv->homes[0]);
   flush_home(srv->homes[0]);
   sl_io_flush(srv->homes[0]);
 }
