@@ -189,13 +189,31 @@ static void peer_name(sl_conn *c, const struct sockaddr_storage *ss) {
   else if (ss->ss_family == AF_INET) uv_ip4_name((const struct sockaddr_in *)ss, c->peer, sizeof c->peer);
 }
 
-static void on_tmp_closed(uv_handle_t *h) { free(h); }
+/* The handles that take a socket from the listener for a thread are kept for
+ * the next accept rather than freed: a burst of accepts would leave them as
+ * holes between the connections' own memory. */
+static uv_tcp_t **spare_tcp;
+static size_t nspare, capspare;
+
+static void on_tmp_closed(uv_handle_t *h) {
+  if (nspare == capspare) {
+    size_t cap = capspare ? capspare * 2 : 64;
+    uv_tcp_t **v = realloc(spare_tcp, cap * sizeof *v);
+    if (!v) {
+      free(h);
+      return;
+    }
+    spare_tcp = v;
+    capspare = cap;
+  }
+  spare_tcp[nspare++] = (uv_tcp_t *)h;
+}
 
 /* Accepts a connection for an I/O thread: the loop thread takes it from the
  * listener, and the thread's own loop gets (a duplicate of) its socket.
  * 1 when nothing was accepted (the caller takes it), 0 when handed over or dropped. */
 static int accept_remote(sl_server *srv, uv_stream_t *listener, sl_home *home) {
-  uv_tcp_t *tmp = malloc(sizeof *tmp);
+  uv_tcp_t *tmp = nspare ? spare_tcp[--nspare] : malloc(sizeof *tmp);
   if (!tmp) return 1;
   uv_tcp_init(srv->loop, tmp);
   if (uv_accept(listener, (uv_stream_t *)tmp)) {
@@ -1035,6 +1053,15 @@ void sl_conn_config(sl_server *srv) {
     *copy = lim;
     must_post(h0, i, (sl_msg){NULL, copy, 0, OP_CONFIG});
   }
+}
+
+void sl_conn_stop_homes(sl_server *srv) {
+  sl_io_stop(srv->homes);
+  srv->homes = NULL;
+  while (nspare) free(spare_tcp[--nspare]);
+  free(spare_tcp);
+  spare_tcp = NULL;
+  capspare = 0;
 }
 
 void sl_conn_totals(sl_server *srv, uint64_t *bytes_sent, uint64_t *heartbeats, uint64_t *slow) {

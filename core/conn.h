@@ -124,6 +124,8 @@ int sl_conn_kick(struct sl_server *srv, const char *name, size_t len);
 void sl_conn_flush_all(struct sl_server *srv);
 /* Starts the homes: the loop thread and n-1 I/O threads. 0 or a negative errno. */
 int sl_conn_homes(struct sl_server *srv, int n);
+/* Stops the I/O threads (once every connection is gone) and frees the homes. */
+void sl_conn_stop_homes(struct sl_server *srv);
 /* Gives every home the limits of srv->cfg (after a (re)load). */
 void sl_conn_config(struct sl_server *srv);
 /* Whether the connection has hwm bytes or more waiting to be written; when it

@@ -55,7 +55,7 @@ case "${1:-}" in
     # libFuzzer targets (clang): the HTTP request path and the SSE encoder, 20 s each
     CC=clang TARGETS="fuzz_http fuzz_sse" build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON
     (cd build-fuzz && ctest --output-on-failure -R '^fuzz_')
-    # ThreadSanitizer over the threaded write path (--workers 2)
+    # ThreadSanitizer over the threaded paths (--workers 2: connections on an I/O thread)
     CC=clang TARGETS="sluice sse_load" build build-tsan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON
     (cd build-tsan && ctest --output-on-failure -R '^tsan_')
     build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_VALGRIND_TESTS=ON
