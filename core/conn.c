@@ -609,7 +609,10 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
   if (c->closing || c->ending) return -EPIPE;
   if (c->state != SL_CS_BUSY) return -EALREADY;
   sl_sb sb;
-  sl_sb_init(&sb, 512);
+  /* Sized to fit (status line, headers, the close, a retry: line): a stream's
+   * head lives until its home writes it, and a larger block would leave a
+   * larger hole between the blocks that live on. */
+  sl_sb_init(&sb, 64 + (headers && headers->b ? headers->b->len : 0) + 64);
   sl_http_status_line(&sb, status);
   if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
   /* The body runs until the connection closes: no length, no chunking. */
@@ -628,8 +631,15 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
     q->body = NULL;
     q->nhdrs = q->hdr_cap = 0;
     q->body_len = q->body_cap = 0;
-    char *h = realloc(q->head, q->url_len ? q->url_len : 1);
-    if (h) q->head = h;
+    /* A copy, not a shrink in place: the whole buffer goes back for the next
+     * request to take (with I/O threads, the thread that parses it), where a
+     * shrink would leave its tail as a hole between long-lived blocks. */
+    char *h = malloc(q->url_len ? q->url_len : 1);
+    if (h) {
+      memcpy(h, q->head, q->url_len);
+      free(q->head);
+      q->head = h;
+    }
     q->head_len = q->head_cap = q->url_len;
   }
   uint64_t ms = heartbeat > 0 ? sl_secs_ms(heartbeat) : 0;
