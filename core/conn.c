@@ -196,6 +196,10 @@ static uv_tcp_t **spare_tcp;
 static size_t nspare, capspare;
 
 static void on_tmp_closed(uv_handle_t *h) {
+  if (nspare == 256) { /* enough for the bursts that matter */
+    free(h);
+    return;
+  }
   if (nspare == capspare) {
     size_t cap = capspare ? capspare * 2 : 64;
     uv_tcp_t **v = realloc(spare_tcp, cap * sizeof *v);
@@ -488,6 +492,11 @@ static void flush_home(sl_home *h) {
     after_write(c);
   }
   h->ndirty = 0;
+  if (h->capdirty > 1024) { /* not kept at the size of a burst */
+    free(h->dirty);
+    h->dirty = NULL;
+    h->capdirty = 0;
+  }
 }
 
 void sl_conn_flush_all(sl_server *srv) {

@@ -17,6 +17,19 @@ typedef struct home_x {
   uv_sem_t ready;
 } home_x;
 
+/* A batch array is kept for the next batch only while it is small: after a
+ * burst (thousands of connections at once) the arrays would otherwise stay at
+ * its size. Under load they grow again each turn, a few reallocations per
+ * thousands of messages. */
+#define SL_MBOX_KEEP 256
+
+static void mbox_trim(sl_mbox *b) {
+  if (b->cap <= SL_MBOX_KEEP) return;
+  free(b->v);
+  b->v = NULL;
+  b->cap = 0;
+}
+
 static int push(sl_mbox *b, const sl_msg *m) {
   if (b->n == b->cap) {
     size_t cap = b->cap ? b->cap * 2 : 64;
@@ -59,6 +72,7 @@ void sl_io_flush(sl_home *from) {
     }
     uv_mutex_unlock(&to->lock);
     o->n = 0;
+    mbox_trim(o);
     uv_async_send(&to->wake);
   }
 }
@@ -80,6 +94,7 @@ static void on_wake(uv_async_t *a) {
     h->handle(h, m);
   }
   x->spare.n = 0;
+  mbox_trim(&x->spare);
   if (h->stopping && h->index) {
     /* Posted last by home 0: nothing of this home's is left but its own handles. */
     h->turn(h);
