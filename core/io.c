@@ -106,6 +106,9 @@ static void on_wake(uv_async_t *a) {
 
 static void on_end_turn(uv_prepare_t *p) {
   sl_home *h = p->data;
+  /* What it read (a publish, say) goes to the loop thread before it spends
+   * the turn's end writing; then what the writes gave rise to. */
+  sl_io_flush(h);
   h->turn(h);
   sl_io_flush(h);
 }
