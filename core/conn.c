@@ -36,6 +36,7 @@ enum {
   OP_WRITE,      /* home: queue p (a buffer, one reference) for the end of its turn */
   OP_MORE,       /* home: queue the buffer of the OP_WRITE before it too (a fan-out: no reference of its own) */
   OP_STREAM,     /* home: queue the stream head p; heartbeats every n ms (0: none) */
+  OP_EVENT,      /* home: frame the event p (a raw_event and its bytes) and queue it */
   OP_NEXT,       /* home: the request is done, read the next */
   OP_END,        /* home: close once everything queued is written */
   OP_CLOSE,      /* home: close now */
@@ -95,7 +96,8 @@ static void access_log(sl_conn *c) {
   if (!c->req) return;
   int stream = c->state == SL_CS_STREAM;
   sl_access a = {c->peer, llhttp_method_name((llhttp_method_t)c->parser.method), c->req->head, c->req->url_len,
-                 c->status, (unsigned long long)c->bytes_sent, (double)(uv_hrtime() - c->started) / 1e9,
+                 c->status, (unsigned long long)(c->bytes_sent + __atomic_load_n(&c->framed_extra, __ATOMIC_RELAXED)),
+                 (double)(uv_hrtime() - c->started) / 1e9,
                  stream ? mode_names[c->mode] : NULL, c->events, stream ? end_names[c->ended] : NULL};
   sl_log_access(&a);
   int cls = c->status >= 100 && c->status < 600 ? c->status / 100 : 0;
@@ -262,7 +264,7 @@ static void io_accept(sl_conn *c, int fd) {
 void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
   sl_home **homes = srv->homes;
   /* With I/O threads, the connections are theirs, round robin: the loop
-   * thread keeps Lua, the hub and the framing (and what cannot be handed over). */
+   * thread keeps Lua, the hub and the framing of published events. */
   if (homes[0]->nhomes > 1 && srv->nconns < srv->cfg.max_connections) {
     unsigned i = 1 + srv->next_home++ % (unsigned)(homes[0]->nhomes - 1);
     if (accept_remote(srv, listener, homes[i]) == 0) return;
@@ -552,6 +554,22 @@ static void io_take(sl_conn *c, sl_buf *b) {
 
 /* ---- write path (the Lua half's) ---- */
 
+/* What the script writes itself to a connection on an I/O thread: a client
+ * over queue_limit is told of at once, as on the loop thread (and closed as
+ * slow; 1). The thread judges its queue too, exactly, after trying to write it
+ * out: here a client counts as slow only when more than its high-water mark
+ * waits already. */
+static int remote_overflow(sl_conn *c, size_t len) {
+  uint64_t waiting = backlog(c);
+  if (waiting <= c->hwm || waiting + len <= c->srv->cfg.queue_limit) return 0;
+  sl_warn("conn %llu: closed as a slow consumer (%llu bytes queued)", (unsigned long long)c->id,
+          (unsigned long long)waiting);
+  sl_io_count(&c->srv->homes[0]->slow_disconnects, 1);
+  sl_conn_ended(c, SL_END_SLOW);
+  sl_conn_close(c);
+  return 1;
+}
+
 /* Queues b for the connection: at once on the loop thread; by message (and
  * then at the end of the thread's turn) on an I/O thread. */
 static int send_buf(sl_conn *c, sl_buf *b, int coalesce) {
@@ -571,23 +589,81 @@ static int send_buf(sl_conn *c, sl_buf *b, int coalesce) {
       to_home(c, OP_WRITE, sl_buf_ref(b), 0);
     return 0;
   }
-  /* What the script writes itself: a client over queue_limit is told of at
-   * once, as on the loop thread. The thread judges its queue too, exactly,
-   * after trying to write it out: here a client counts as slow only when more
-   * than its high-water mark waits already. */
-  uint64_t waiting = backlog(c);
-  if (waiting > c->hwm && waiting + b->len > c->srv->cfg.queue_limit) {
+  if (remote_overflow(c, b->len)) {
     c->bytes_sent -= b->len;
-    sl_warn("conn %llu: closed as a slow consumer (%llu bytes queued)", (unsigned long long)c->id,
-            (unsigned long long)waiting);
-    sl_io_count(&c->srv->homes[0]->slow_disconnects, 1);
-    sl_conn_ended(c, SL_END_SLOW);
-    sl_conn_close(c);
     return -ENOBUFS;
   }
   c->posted += b->len;
   to_home(c, OP_WRITE, sl_buf_ref(b), 0);
   return 0;
+}
+
+/* An event's fields on their way to the thread that frames them. */
+typedef struct raw_event {
+  size_t len, idlen, evlen;
+  long long retry;
+  uint8_t has_id, has_ev;
+} raw_event;
+
+static sl_buf *frame(const char *data, size_t len, const char *id, size_t idlen, const char *ev, size_t evlen,
+                     long long retry) {
+  sl_sb sb;
+  sl_sb_init(&sb, len + idlen + evlen + 32);
+  sl_sse_event(&sb, data, len, id, idlen, ev, evlen, retry);
+  return sl_sb_finish(&sb);
+}
+
+int sl_conn_event(sl_conn *c, const char *data, size_t len, const char *id, size_t idlen, const char *ev,
+                  size_t evlen, long long retry) {
+  if (c->closing || c->ending) return -EPIPE;
+  if (local(c)) {
+    sl_buf *b = frame(data, len, id, idlen, ev, evlen, retry);
+    int r = b ? sl_conn_write(c, b) : -ENOMEM;
+    sl_buf_unref(b);
+    return r;
+  }
+  raw_event h = {len, id ? idlen : 0, ev ? evlen : 0, retry, id != NULL, ev != NULL};
+  sl_buf *p = sl_buf_new(sizeof h + h.len + h.idlen + h.evlen);
+  if (!p) return -ENOMEM;
+  memcpy(p->data, &h, sizeof h);
+  memcpy(p->data + sizeof h, data, h.len);
+  if (h.idlen) memcpy(p->data + sizeof h + h.len, id, h.idlen);
+  if (h.evlen) memcpy(p->data + sizeof h + h.len + h.idlen, ev, h.evlen);
+  if (remote_overflow(c, p->len)) {
+    sl_buf_unref(p);
+    return -ENOBUFS;
+  }
+  /* Counted as posted; the thread adds what framing added (framed_extra). */
+  c->bytes_sent += p->len;
+  c->posted += p->len;
+  to_home(c, OP_EVENT, p, 0);
+  return 0;
+}
+
+/* The thread frames an event from the loop thread and queues it. */
+static void io_event(sl_conn *c, sl_buf *p) {
+  raw_event h;
+  memcpy(&h, p->data, sizeof h);
+  const char *data = p->data + sizeof h;
+  sl_buf *b = c->io_closing || c->io_ending
+                  ? NULL
+                  : frame(data, h.len, h.has_id ? data + h.len : NULL, h.idlen,
+                          h.has_ev ? data + h.len + h.idlen : NULL, h.evlen, h.retry);
+  if (b) {
+    __atomic_store_n(&c->framed_extra, c->framed_extra + b->len - p->len, __ATOMIC_RELAXED);
+    /* The queue grows by the framed bytes, received by what was posted: the
+     * loop thread's view of the backlog stays whole. */
+    if (io_enqueue(c, b, 1) == -ENOMEM) {
+      sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
+      io_lost(c, SL_END_ERROR);
+    }
+    sl_buf_unref(b);
+  } else if (!c->io_closing && !c->io_ending) {
+    sl_warn("conn %llu: closed: out of memory for an event", (unsigned long long)c->id);
+    io_lost(c, SL_END_ERROR);
+  }
+  __atomic_store_n(&c->received, c->received + p->len, __ATOMIC_RELEASE);
+  sl_buf_unref(p);
 }
 
 int sl_conn_write(sl_conn *c, sl_buf *b) { return send_buf(c, b, 0); }
@@ -798,6 +874,7 @@ static void lua_gone(sl_conn *c, int why) {
     if (why == SL_END_SLOW && c->sub) srv->hub.dropped_slow++; /* as a refused delivery counts on the loop thread */
     sl_conn_close(c);
   }
+  if (c->state == SL_CS_STREAM && !local(c)) access_log(c);
   if (srv->hooks.closed) srv->hooks.closed(c);
   /* Found by id until here, so close hooks can still read conn.data. */
   sl_server_untrack(srv, c);
@@ -828,7 +905,8 @@ static void io_close(sl_conn *c, int why) {
 void sl_conn_close(sl_conn *c) {
   if (c->closing) return;
   c->closing = 1;
-  if (c->state == SL_CS_STREAM) access_log(c);
+  /* On an I/O thread, the line waits until the thread is done with it (lua_gone). */
+  if (c->state == SL_CS_STREAM && local(c)) access_log(c);
   sl_server *srv = c->srv;
   if (c->prev) c->prev->next = c->next;
   else srv->conns = c->next;
@@ -1036,6 +1114,7 @@ static void on_message(sl_home *h, sl_msg *m) {
   case OP_ACCEPT: io_accept(c, (int)m->n); break;
   case OP_WRITE: io_take(c, h->fanout = m->p); break;
   case OP_STREAM: io_stream(c, m->p, m->n); break;
+  case OP_EVENT: io_event(c, m->p); break;
   case OP_NEXT: io_next(c); break;
   case OP_END: io_end(c); break;
   case OP_CLOSE: io_close(c, 0); break;

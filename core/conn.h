@@ -84,6 +84,7 @@ typedef struct sl_conn {
   size_t qoff;               /* bytes of q[0] already written */
   size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
   uint64_t received;         /* bytes of those posted it has taken (atomic stores) */
+  uint64_t framed_extra;     /* bytes its framing of OP_EVENTs added to what was posted (atomic stores) */
   int err_status;            /* set by a parser callback that rejects the request */
   uint32_t dirty;            /* its place (+1) in its home's list of connections to flush, 0 if none */
   uint8_t io_state;          /* SL_CS_HEAD, SL_CS_BUSY (handed over) or SL_CS_STREAM */
@@ -102,6 +103,11 @@ int sl_conn_write(sl_conn *c, sl_buf *b);
 /* The same, but written with whatever else is queued for it this turn of the
  * loop (one writev at the end of the turn): for published events. */
 int sl_conn_queue(sl_conn *c, sl_buf *b);
+/* Queues one event for the connection, framed (sl_sse_event) by its home:
+ * with I/O threads, its fields travel to the connection's thread, which frames
+ * them. Results as sl_conn_write. */
+int sl_conn_event(sl_conn *c, const char *data, size_t len, const char *id, size_t idlen, const char *ev,
+                  size_t evlen, long long retry);
 /* Queues a plain response with Content-Length; the request is done. */
 int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, size_t len);
 /* Sends an event-stream (or raw) response head, with a retry: line when retry

@@ -169,38 +169,44 @@ static int api_start(lua_State *L) {
   return c ? write_result(L, c, r) : fail(L, "closed");
 }
 
-/* Encodes the event of args (data, id, event, retry) at idx.. into a new buffer; raises on bad fields. */
-static sl_buf *encode_args(lua_State *L, int idx) {
-  size_t len, idlen = 0, evlen = 0;
-  const char *data = luaL_checklstring(L, idx, &len);
-  const char *id = lua_isnoneornil(L, idx + 1) ? NULL : luaL_checklstring(L, idx + 1, &idlen);
-  const char *ev = lua_isnoneornil(L, idx + 2) ? NULL : luaL_checklstring(L, idx + 2, &evlen);
-  long long retry = opt_retry(L, idx + 3, -1);
-  if (id && sl_sse_check_field(id, idlen)) luaL_error(L, "event id may not contain CR, LF or NUL");
-  if (ev && sl_sse_check_field(ev, evlen)) luaL_error(L, "event name may not contain CR, LF or NUL");
-  sl_sb sb;
-  sl_sb_init(&sb, len + idlen + evlen + 32);
-  sl_sse_event(&sb, data, len, id, idlen, ev, evlen, retry);
-  sl_buf *b = sl_sb_finish(&sb);
-  if (!b) luaL_error(L, "out of memory");
-  return b;
+/* The event of args (data, id, event, retry) at idx..; raises on bad fields. */
+typedef struct ev_args {
+  const char *data, *id, *ev;
+  size_t len, idlen, evlen;
+  long long retry;
+} ev_args;
+
+static void event_args(lua_State *L, int idx, ev_args *a) {
+  a->idlen = a->evlen = 0;
+  a->data = luaL_checklstring(L, idx, &a->len);
+  a->id = lua_isnoneornil(L, idx + 1) ? NULL : luaL_checklstring(L, idx + 1, &a->idlen);
+  a->ev = lua_isnoneornil(L, idx + 2) ? NULL : luaL_checklstring(L, idx + 2, &a->evlen);
+  a->retry = opt_retry(L, idx + 3, -1);
+  if (a->id && sl_sse_check_field(a->id, a->idlen)) luaL_error(L, "event id may not contain CR, LF or NUL");
+  if (a->ev && sl_sse_check_field(a->ev, a->evlen)) luaL_error(L, "event name may not contain CR, LF or NUL");
 }
 
 /* encode(data, id, event, retry) -> the framed event as a string */
 static int api_encode(lua_State *L) {
-  sl_buf *b = encode_args(L, 1);
+  ev_args a;
+  event_args(L, 1, &a);
+  sl_sb sb;
+  sl_sb_init(&sb, a.len + a.idlen + a.evlen + 32);
+  sl_sse_event(&sb, a.data, a.len, a.id, a.idlen, a.ev, a.evlen, a.retry);
+  sl_buf *b = sl_sb_finish(&sb);
+  if (!b) return luaL_error(L, "out of memory");
   lua_pushlstring(L, b->data, b->len);
   sl_buf_unref(b);
   return 1;
 }
 
-/* send(conn, data, id, event, retry) */
+/* send(conn, data, id, event, retry): framed by the connection's home. */
 static int api_send(lua_State *L) {
   check_ud(L, 1);
-  sl_buf *b = encode_args(L, 2);
+  ev_args a;
+  event_args(L, 2, &a);
   sl_conn *c = live_conn(L, 1);
-  int r = c ? sl_conn_write(c, b) : -EPIPE;
-  sl_buf_unref(b);
+  int r = c ? sl_conn_event(c, a.data, a.len, a.id, a.idlen, a.ev, a.evlen, a.retry) : -EPIPE;
   if (r == 0) {
     c->events++;
     c->srv->metrics.events_sent++;
