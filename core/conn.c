@@ -168,7 +168,7 @@ static void io_begin(sl_conn *c) {
   start_header_timer(c);
 }
 
-/* The Lua half of a new connection: its id, the list, the registry. -1 if it cannot be tracked. */
+/* The Lua half of a new connection: its id, on the server's list (the caller tracks it). NULL if out of memory. */
 static sl_conn *conn_new(sl_server *srv, sl_home *home) {
   sl_conn *c = calloc(1, sizeof *c);
   if (!c) return NULL;
@@ -184,6 +184,15 @@ static sl_conn *conn_new(sl_server *srv, sl_home *home) {
   c->hwm = q < 65536 ? q : 65536;
   strcpy(c->peer, "-");
   return c;
+}
+
+/* Takes it off the server's list of connections. */
+static void unlist(sl_conn *c) {
+  sl_server *srv = c->srv;
+  if (c->prev) c->prev->next = c->next;
+  else srv->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  srv->nconns--;
 }
 
 static void peer_name(sl_conn *c, const struct sockaddr_storage *ss) {
@@ -232,12 +241,8 @@ static int accept_remote(sl_server *srv, uv_stream_t *listener, sl_home *home) {
   if (dup_fd < 0) return 0;
   sl_conn *c = conn_new(srv, home);
   if (!c || sl_server_track(srv, c)) {
-    if (c) {
-      srv->conns = c->next;
-      if (c->next) c->next->prev = NULL;
-      srv->nconns--;
-      free(c);
-    }
+    if (c) unlist(c);
+    free(c);
     close(dup_fd);
     return 0;
   }
@@ -299,16 +304,11 @@ static void flush(sl_conn *c);
 static void pump(sl_conn *c);
 static void after_write(sl_conn *c);
 
-/* Books bytes no longer queued: written, or dropped with the connection. */
-static void written(sl_conn *c, size_t n) {
-  set_queued(c, c->queued - n);
-}
-
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
   for (unsigned i = 0; i < c->inflight; i++) sl_buf_unref(c->q[i]);
   if (status >= 0) sl_io_count(&c->home->bytes_sent, c->inflight_bytes);
-  written(c, c->inflight_bytes);
+  set_queued(c, c->queued - c->inflight_bytes);
   c->qlen -= c->inflight;
   memmove(c->q, c->q + c->inflight, c->qlen * sizeof *c->q);
   c->inflight = 0;
@@ -446,7 +446,7 @@ static void apply(sl_conn *c, ssize_t w) {
     io_lost(c, SL_END_CLIENT);
     return;
   }
-  written(c, (size_t)w);
+  set_queued(c, c->queued - (size_t)w);
   sl_io_count(&c->home->bytes_sent, (uint64_t)w);
   size_t rem = (size_t)w + c->qoff;
   unsigned k = 0;
@@ -501,13 +501,7 @@ static void flush_home(sl_home *h) {
   }
 }
 
-void sl_conn_flush_all(sl_server *srv) {
-  /* The threads first, so their writes run while this one does its own;
-   * then what resumed generators queued for them meanwhile. */
-  sl_io_flush(srv->homes[0]);
-  flush_home(srv->homes[0]);
-  sl_io_flush(srv->homes[0]);
-}
+void sl_conn_flush_all(sl_server *srv) { sl_io_end_turn(srv->homes[0]); }
 
 static int io_enqueue(sl_conn *c, sl_buf *b, int coalesce) {
   if (c->io_closing || c->io_ending) return -EPIPE;
@@ -542,14 +536,14 @@ static int io_enqueue(sl_conn *c, sl_buf *b, int coalesce) {
 
 int sl_conn_io_write(sl_conn *c, sl_buf *b) { return io_enqueue(c, b, 0); }
 
-/* A buffer from the Lua half arrives at an I/O thread. */
-static void io_take(sl_conn *c, sl_buf *b) {
-  int r = io_enqueue(c, b, 1);
-  if (r == -ENOMEM) {
+/* Bytes the Lua half posted arrive at an I/O thread: b (NULL: nothing to
+ * queue) goes in the queue, and `posted` bytes count as received. */
+static void io_take(sl_conn *c, sl_buf *b, size_t posted) {
+  if (b && io_enqueue(c, b, 1) == -ENOMEM) {
     sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
     io_lost(c, SL_END_ERROR);
   }
-  __atomic_store_n(&c->received, c->received + b->len, __ATOMIC_RELEASE);
+  __atomic_store_n(&c->received, c->received + posted, __ATOMIC_RELEASE);
 }
 
 /* ---- write path (the Lua half's) ---- */
@@ -574,27 +568,22 @@ static int remote_overflow(sl_conn *c, size_t len) {
  * then at the end of the thread's turn) on an I/O thread. */
 static int send_buf(sl_conn *c, sl_buf *b, int coalesce) {
   if (c->closing || c->ending) return -EPIPE;
+  if (local(c)) {
+    c->bytes_sent += b->len;
+    return io_enqueue(c, b, coalesce);
+  }
+  /* A publish is judged by the thread alone (a slow subscriber is closed there). */
+  if (!coalesce && remote_overflow(c, b->len)) return -ENOBUFS;
   c->bytes_sent += b->len;
-  if (local(c)) return io_enqueue(c, b, coalesce);
-  if (coalesce) {
-    /* A publish: the subscribers of one thread share one reference and one
-     * run of messages; no atomic operation per subscriber here. The thread
-     * judges each one's queue (a slow one is closed there). */
-    c->posted += b->len;
-    sl_home *h0 = c->srv->homes[0];
-    sl_msg *last = sl_io_last(h0, c->home->index);
-    if (last && last->p == b && (last->op == OP_WRITE || last->op == OP_MORE))
-      must_post(h0, c->home->index, (sl_msg){c, b, 0, OP_MORE});
-    else
-      to_home(c, OP_WRITE, sl_buf_ref(b), 0);
-    return 0;
-  }
-  if (remote_overflow(c, b->len)) {
-    c->bytes_sent -= b->len;
-    return -ENOBUFS;
-  }
   c->posted += b->len;
-  to_home(c, OP_WRITE, sl_buf_ref(b), 0);
+  /* The subscribers of one thread share one reference and one run of
+   * messages: no atomic operation per subscriber here. */
+  sl_home *h0 = c->srv->homes[0];
+  sl_msg *last = sl_io_last(h0, c->home->index);
+  if (coalesce && last && last->p == b && (last->op == OP_WRITE || last->op == OP_MORE))
+    must_post(h0, c->home->index, (sl_msg){c, b, 0, OP_MORE});
+  else
+    to_home(c, OP_WRITE, sl_buf_ref(b), 0);
   return 0;
 }
 
@@ -605,19 +594,11 @@ typedef struct raw_event {
   uint8_t has_id, has_ev;
 } raw_event;
 
-static sl_buf *frame(const char *data, size_t len, const char *id, size_t idlen, const char *ev, size_t evlen,
-                     long long retry) {
-  sl_sb sb;
-  sl_sb_init(&sb, len + idlen + evlen + 32);
-  sl_sse_event(&sb, data, len, id, idlen, ev, evlen, retry);
-  return sl_sb_finish(&sb);
-}
-
 int sl_conn_event(sl_conn *c, const char *data, size_t len, const char *id, size_t idlen, const char *ev,
                   size_t evlen, long long retry) {
   if (c->closing || c->ending) return -EPIPE;
   if (local(c)) {
-    sl_buf *b = frame(data, len, id, idlen, ev, evlen, retry);
+    sl_buf *b = sl_sse_frame(data, len, id, idlen, ev, evlen, retry);
     int r = b ? sl_conn_write(c, b) : -ENOMEM;
     sl_buf_unref(b);
     return r;
@@ -647,22 +628,18 @@ static void io_event(sl_conn *c, sl_buf *p) {
   const char *data = p->data + sizeof h;
   sl_buf *b = c->io_closing || c->io_ending
                   ? NULL
-                  : frame(data, h.len, h.has_id ? data + h.len : NULL, h.idlen,
-                          h.has_ev ? data + h.len + h.idlen : NULL, h.evlen, h.retry);
+                  : sl_sse_frame(data, h.len, h.has_id ? data + h.len : NULL, h.idlen,
+                                 h.has_ev ? data + h.len + h.idlen : NULL, h.evlen, h.retry);
   if (b) {
     __atomic_store_n(&c->framed_extra, c->framed_extra + b->len - p->len, __ATOMIC_RELAXED);
-    /* The queue grows by the framed bytes, received by what was posted: the
-     * loop thread's view of the backlog stays whole. */
-    if (io_enqueue(c, b, 1) == -ENOMEM) {
-      sl_warn("conn %llu: closed: out of memory for its queue", (unsigned long long)c->id);
-      io_lost(c, SL_END_ERROR);
-    }
-    sl_buf_unref(b);
   } else if (!c->io_closing && !c->io_ending) {
     sl_warn("conn %llu: closed: out of memory for an event", (unsigned long long)c->id);
     io_lost(c, SL_END_ERROR);
   }
-  __atomic_store_n(&c->received, c->received + p->len, __ATOMIC_RELEASE);
+  /* The queue grows by the framed bytes, received by what was posted: the
+   * loop thread's view of the backlog stays whole. */
+  io_take(c, b, p->len);
+  sl_buf_unref(b);
   sl_buf_unref(p);
 }
 
@@ -743,7 +720,7 @@ static void io_stream(sl_conn *c, sl_buf *head, uint64_t ms) {
   c->in = NULL;
   c->inlen = c->incap = 0;
   if (local(c)) io_enqueue(c, head, 0);
-  else io_take(c, head);
+  else io_take(c, head, head->len);
   sl_buf_unref(head);
   if (c->io_closing || !ms) return;
   uv_timer_start(&c->timer, on_heartbeat, ms, ms);
@@ -908,10 +885,7 @@ void sl_conn_close(sl_conn *c) {
   /* On an I/O thread, the line waits until the thread is done with it (lua_gone). */
   if (c->state == SL_CS_STREAM && local(c)) access_log(c);
   sl_server *srv = c->srv;
-  if (c->prev) c->prev->next = c->next;
-  else srv->conns = c->next;
-  if (c->next) c->next->prev = c->prev;
-  srv->nconns--;
+  unlist(c);
   if (c->sub) {
     if (srv->hooks.replay_cancel) srv->hooks.replay_cancel(srv, c->sub);
     sl_hub_unsubscribe(&srv->hub, c->sub);
@@ -1105,14 +1079,18 @@ void sl_conn_task_done(sl_conn *c, int ok) {
 
 static void on_message(sl_home *h, sl_msg *m) {
   sl_conn *c = m->c;
+  sl_buf *fan = h->fanout;
   if (m->op == OP_MORE) {
-    io_take(c, h->fanout);
+    io_take(c, fan, fan->len);
     return;
   }
   fanout_done(h);
   switch (m->op) {
   case OP_ACCEPT: io_accept(c, (int)m->n); break;
-  case OP_WRITE: io_take(c, h->fanout = m->p); break;
+  case OP_WRITE:
+    h->fanout = fan = m->p;
+    io_take(c, fan, fan->len);
+    break;
   case OP_STREAM: io_stream(c, m->p, m->n); break;
   case OP_EVENT: io_event(c, m->p); break;
   case OP_NEXT: io_next(c); break;

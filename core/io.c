@@ -30,14 +30,20 @@ static void mbox_trim(sl_mbox *b) {
   b->cap = 0;
 }
 
+/* Room for need messages in b, doubling from 64. 0 or -ENOMEM (b unchanged). */
+static int reserve(sl_mbox *b, size_t need) {
+  if (need <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 64;
+  while (cap < need) cap *= 2;
+  sl_msg *v = realloc(b->v, cap * sizeof *v);
+  if (!v) return -ENOMEM;
+  b->v = v;
+  b->cap = cap;
+  return 0;
+}
+
 static int push(sl_mbox *b, const sl_msg *m) {
-  if (b->n == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 64;
-    sl_msg *v = realloc(b->v, cap * sizeof *v);
-    if (!v) return -ENOMEM;
-    b->v = v;
-    b->cap = cap;
-  }
+  if (reserve(b, b->n + 1)) return -ENOMEM;
   b->v[b->n++] = *m;
   return 0;
 }
@@ -56,19 +62,13 @@ void sl_io_flush(sl_home *from) {
       to->inbox = *o;
       *o = t;
     } else {
-      size_t need = to->inbox.n + o->n;
-      if (need > to->inbox.cap) {
-        sl_msg *v = realloc(to->inbox.v, need * 2 * sizeof *v);
-        if (!v) {
-          uv_mutex_unlock(&to->lock);
-          sl_error("io: out of memory handing messages to thread %d: retried next turn", i);
-          continue;
-        }
-        to->inbox.v = v;
-        to->inbox.cap = need * 2;
+      if (reserve(&to->inbox, to->inbox.n + o->n)) {
+        uv_mutex_unlock(&to->lock);
+        sl_error("io: out of memory handing messages to thread %d: retried next turn", i);
+        continue;
       }
       memcpy(to->inbox.v + to->inbox.n, o->v, o->n * sizeof *o->v);
-      to->inbox.n = need;
+      to->inbox.n += o->n;
     }
     uv_mutex_unlock(&to->lock);
     o->n = 0;
@@ -97,21 +97,22 @@ static void on_wake(uv_async_t *a) {
   mbox_trim(&x->spare);
   if (h->stopping && h->index) {
     /* Posted last by home 0: nothing of this home's is left but its own handles. */
-    h->turn(h);
-    sl_io_flush(h);
+    sl_io_end_turn(h);
     uv_close((uv_handle_t *)&h->wake, NULL);
     uv_close((uv_handle_t *)&h->end_turn, NULL);
   }
 }
 
-static void on_end_turn(uv_prepare_t *p) {
-  sl_home *h = p->data;
-  /* What it read (a publish, say) goes to the loop thread before it spends
-   * the turn's end writing; then what the writes gave rise to. */
+void sl_io_end_turn(sl_home *h) {
+  /* What the turn gave other homes goes first (a publish read here, a batch
+   * for a thread), so they work while this one writes; then what the writes
+   * gave rise to (a generator resumed, a drained connection). */
   sl_io_flush(h);
   h->turn(h);
   sl_io_flush(h);
 }
+
+static void on_end_turn(uv_prepare_t *p) { sl_io_end_turn(p->data); }
 
 static void run(void *arg) {
   home_x *x = arg;

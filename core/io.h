@@ -77,6 +77,9 @@ static inline sl_msg *sl_io_last(sl_home *from, int to) {
 }
 /* Hands every waiting outbox of from to its home now. */
 void sl_io_flush(sl_home *from);
+/* The end of a turn of h's loop: its batches out, its turn hook, then what
+ * that gave rise to (threads run it themselves; home 0's loop calls it). */
+void sl_io_end_turn(sl_home *h);
 /* Stops the threads once what was posted to them is handled, joins them and
  * frees every home (home 0's loop handles must be closed first: sl_io_close). */
 void sl_io_stop(sl_home **all);

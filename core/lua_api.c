@@ -190,10 +190,7 @@ static void event_args(lua_State *L, int idx, ev_args *a) {
 static int api_encode(lua_State *L) {
   ev_args a;
   event_args(L, 1, &a);
-  sl_sb sb;
-  sl_sb_init(&sb, a.len + a.idlen + a.evlen + 32);
-  sl_sse_event(&sb, a.data, a.len, a.id, a.idlen, a.ev, a.evlen, a.retry);
-  sl_buf *b = sl_sb_finish(&sb);
+  sl_buf *b = sl_sse_frame(a.data, a.len, a.id, a.idlen, a.ev, a.evlen, a.retry);
   if (!b) return luaL_error(L, "out of memory");
   lua_pushlstring(L, b->data, b->len);
   sl_buf_unref(b);

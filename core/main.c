@@ -199,7 +199,7 @@ int main(int argc, char **argv) {
     goto out;
   }
   sl_info("sluice %s serving %s", SLUICE_VERSION, script);
-  if (workers > 1) sl_info("%ld workers: the loop thread and %ld I/O threads serve the clients", workers, workers - 1);
+  if (workers > 1) sl_info("%ld workers: %ld I/O threads serve the clients, scripts run on the loop thread", workers, workers - 1);
   uv_run(&loop, UV_RUN_DEFAULT);
 out:
   sl_server_stop(&srv);

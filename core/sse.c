@@ -46,6 +46,17 @@ int sl_sse_event(sl_sb *out, const char *data, size_t len, const char *id, size_
   return out->failed ? -ENOMEM : 0;
 }
 
+sl_buf *sl_sse_frame(const char *data, size_t len, const char *id, size_t idlen, const char *event, size_t evlen,
+                     long long retry) {
+  sl_sb sb;
+  sl_sb_init(&sb, len + idlen + evlen + 32);
+  if (sl_sse_event(&sb, data, len, id, idlen, event, evlen, retry)) {
+    sl_sb_free(&sb);
+    return NULL;
+  }
+  return sl_sb_finish(&sb);
+}
+
 int sl_sse_comment(sl_sb *out, const char *text, size_t len) {
   if (len == 0) sl_sb_add(out, ":\n", 2);
   else add_lines(out, ": ", 2, text, len);

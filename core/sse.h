@@ -12,6 +12,11 @@ int sl_sse_check_field(const char *s, size_t len);
 int sl_sse_event(sl_sb *out, const char *data, size_t len, const char *id, size_t idlen,
                  const char *event, size_t evlen, long long retry);
 
+/* One event framed into a new buffer (sized for it), as sl_sse_event; NULL
+ * for a bad id or event name or out of memory. */
+sl_buf *sl_sse_frame(const char *data, size_t len, const char *id, size_t idlen, const char *event, size_t evlen,
+                     long long retry);
+
 /* Appends a comment: every line of text prefixed by ':' and a blank line after it. */
 int sl_sse_comment(sl_sb *out, const char *text, size_t len);
 

@@ -84,5 +84,13 @@ int main(void) {
   sl_buf_unref(b);
   free(big);
   free(back);
+  /* sl_sse_frame: the same bytes in a buffer of their own; NULL for a bad field. */
+  sl_buf *f = sl_sse_frame("a\nb", 3, "7", 1, "tick", 4, -1);
+  CHECK(f != NULL);
+  if (f) CHECK_STR(f->data, f->len, "id: 7\nevent: tick\ndata: a\ndata: b\n\n");
+  sl_buf_unref(f);
+  CHECK(sl_sse_frame("x", 1, "a\nb", 3, NULL, 0, -1) == NULL);
+  CHECK(sl_sse_frame("x", 1, NULL, 0, "e\r", 2, -1) == NULL);
+
   return check_done("test_sse");
 }
