@@ -175,6 +175,11 @@ void sl_hub_unsubscribe(sl_hub *hub, sl_hub_sub *sub);
  * no replay) or removes them (add = 0). 0, -ENOMEM or -E2BIG (more than
  * SL_HUB_MAX_LINKS channels); on failure nothing changed. */
 #define SL_HUB_MAX_LINKS 64
+/* What a client may make a publish cost: selectors per subscription (match
+ * and grants together) and topics per event, each matched at most once per
+ * pair (see match.h for the cost of one match). */
+#define SL_HUB_MAX_SELECTORS 128
+#define SL_HUB_MAX_TOPICS 256
 int sl_hub_change(sl_hub *hub, sl_hub_sub *sub, const sl_hub_str *chans, int n, int add, double now);
 /* The subscribers of a channel now, as a new array (*out, free it); their count or -ENOMEM. */
 int sl_hub_subs(sl_hub *hub, const char *name, size_t len, sl_hub_sub ***out);

@@ -6,15 +6,20 @@
  * that joins list values), for "{+x}" and "{#x}" reserved characters too, and
  * for "{.x}", "{/x}", "{;x}", "{?x}", "{&x}" the operator's prefix and
  * separators; an expression with an operator may also expand to nothing
- * (undefined variables). Matching backtracks over the parts; templates have a
- * handful of expressions, topics a few hundred bytes. */
+ * (undefined variables).
+ *
+ * Selectors can come from clients (Mercure's topic= parameters), so matching
+ * never backtracks: a template runs over the topic once per part, keeping the
+ * set of offsets the parts so far can end at (dynamic programming over part
+ * and offset), and a glob keeps one star to return to. Both cost at most
+ * O(selector length x topic length) steps, and selectors are capped at
+ * SL_MATCH_MAX_LEN bytes and SL_MATCH_SL_MATCH_MAX_PARTS parts. */
 #include "match.h"
 #include <stdlib.h>
 #include <string.h>
 
 enum { M_EXACT, M_ALL, M_GLOB, M_TEMPLATE };
 enum { P_LIT, P_EXPR };
-#define MAX_PARTS 32
 
 typedef struct part {
   int type;
@@ -27,7 +32,7 @@ struct sl_matcher {
   int kind;
   size_t len;
   int nparts;
-  part parts[MAX_PARTS];
+  part parts[SL_MATCH_MAX_PARTS];
   char text[];
 };
 
@@ -62,7 +67,7 @@ static int compile_template(sl_matcher *m) {
       continue;
     }
     if (i > lit) {
-      if (m->nparts == MAX_PARTS) return -1;
+      if (m->nparts == SL_MATCH_MAX_PARTS) return -1;
       m->parts[m->nparts++] = (part){P_LIT, 0, 0, lit, i - lit};
     }
     const char *close = memchr(t + i, '}', m->len - i);
@@ -79,12 +84,12 @@ static int compile_template(sl_matcher *m) {
                  (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
         return -1;
     }
-    if (m->nparts == MAX_PARTS) return -1;
+    if (m->nparts == SL_MATCH_MAX_PARTS) return -1;
     m->parts[m->nparts++] = p;
     i = lit = end + 1;
   }
   if (i > lit) {
-    if (m->nparts == MAX_PARTS) return -1;
+    if (m->nparts == SL_MATCH_MAX_PARTS) return -1;
     m->parts[m->nparts++] = (part){P_LIT, 0, 0, lit, i - lit};
   }
   return 0;
@@ -102,6 +107,10 @@ sl_matcher *sl_match_compile(const char *sel, size_t len) {
   else if (memchr(sel, '{', len) || memchr(sel, '}', len)) m->kind = M_TEMPLATE;
   else if (memchr(sel, '*', len)) m->kind = M_GLOB;
   else m->kind = M_EXACT;
+  if ((m->kind == M_GLOB || m->kind == M_TEMPLATE) && len > SL_MATCH_MAX_LEN) {
+    free(m);
+    return NULL;
+  }
   if (m->kind == M_TEMPLATE && compile_template(m)) {
     free(m);
     return NULL;
@@ -148,25 +157,66 @@ static int glob(const char *p, size_t pn, const char *s, size_t sn) {
   return pi == pn;
 }
 
-static int match_parts(const sl_matcher *m, int k, const char *s, size_t n) {
-  if (k == m->nparts) return n == 0;
-  const part *p = &m->parts[k];
+/* Whether c can begin an expression with operator op ('?' may continue a query with '&'). */
+static int prefix_char(const part *p, unsigned char c) { return c == (unsigned char)p->op || (p->op == '?' && c == '&'); }
+
+/* One part over the topic s[0..n): from the offsets set in cur (all within
+ * [*lo, *hi]), sets in next the offsets the part can end at and narrows
+ * [*lo, *hi] to them. O(n + literal length x offsets) steps. Returns whether
+ * any offset is left. */
+static int step(const sl_matcher *m, const part *p, const char *s, size_t n, const unsigned char *cur,
+                unsigned char *next, size_t *lo, size_t *hi) {
+  size_t a = *lo, b = *hi, nlo = (size_t)-1, nhi = 0;
+  memset(next + a, 0, n + 1 - a);
   if (p->type == P_LIT) {
-    return n >= p->len && memcmp(s, m->text + p->off, p->len) == 0 &&
-           match_parts(m, k + 1, s + p->len, n - p->len);
+    const char *lit = m->text + p->off;
+    for (size_t j = a; j <= b && j + p->len <= n; j++) {
+      if (cur[j] && memcmp(s + j, lit, p->len) == 0) {
+        next[j + p->len] = 1;
+        if (nlo == (size_t)-1) nlo = j + p->len;
+        nhi = j + p->len;
+      }
+    }
+  } else {
+    /* A value is a run of value characters; it starts where a part before
+     * ended (after the operator's prefix, for an operator that has one), and
+     * an operator's expression may also be left out. */
+    int optional = p->op && p->op != '+', run = 0;
+    for (size_t j = a; j <= n; j++) {
+      int starts = optional ? j > a && cur[j - 1] && prefix_char(p, (unsigned char)s[j - 1]) : cur[j];
+      run = starts || (run && value_char(p, (unsigned char)s[j - 1]));
+      if (run || (optional && cur[j])) {
+        next[j] = 1;
+        if (nlo == (size_t)-1) nlo = j;
+        nhi = j;
+      } else if (j > b) {
+        break; /* nothing started past the last offset, and no run goes on */
+      }
+    }
   }
-  size_t start = 0;
-  if (p->op && p->op != '+') {
-    /* An operator's expression may be left out entirely... */
-    if (match_parts(m, k + 1, s, n)) return 1;
-    /* ...or starts with its prefix ('?' may continue a query with '&'). */
-    if (!n || !(s[0] == p->op || (p->op == '?' && s[0] == '&'))) return 0;
-    start = 1;
+  *lo = nlo;
+  *hi = nhi;
+  return nlo != (size_t)-1;
+}
+
+static int match_template(const sl_matcher *m, const char *s, size_t n) {
+  unsigned char small[2][256];
+  unsigned char *set = n + 1 <= sizeof small[0] ? &small[0][0] : malloc(2 * (n + 1));
+  if (!set) return 0;
+  unsigned char *cur = set, *next = n + 1 <= sizeof small[0] ? &small[1][0] : set + n + 1;
+  memset(cur, 0, n + 1);
+  cur[0] = 1;
+  size_t lo = 0, hi = 0;
+  int ok = 1;
+  for (int k = 0; k < m->nparts && ok; k++) {
+    ok = step(m, &m->parts[k], s, n, cur, next, &lo, &hi);
+    unsigned char *t = cur;
+    cur = next;
+    next = t;
   }
-  for (size_t len = start;; len++) {
-    if (match_parts(m, k + 1, s + len, n - len)) return 1;
-    if (len == n || !value_char(p, (unsigned char)s[len])) return 0;
-  }
+  ok = ok && cur[n];
+  if (set != &small[0][0]) free(set);
+  return ok;
 }
 
 int sl_match(const sl_matcher *m, const char *topic, size_t len) {
@@ -174,6 +224,6 @@ int sl_match(const sl_matcher *m, const char *topic, size_t len) {
     case M_ALL: return 1;
     case M_EXACT: return len == m->len && memcmp(topic, m->text, len) == 0;
     case M_GLOB: return glob(m->text, m->len, topic, len);
-    default: return match_parts(m, 0, topic, len);
+    default: return match_template(m, topic, len);
   }
 }

@@ -8,9 +8,17 @@
 
 typedef struct sl_matcher sl_matcher;
 
-/* Compiles a selector; NULL if out of memory or the template is malformed
- * (an unclosed "{", an unknown operator). A selector whose first byte is NUL
- * is the exact topic after it, whatever characters it holds. */
+/* The bounds that keep matching cheap whatever a client chooses: a glob or a
+ * template has at most SL_MATCH_MAX_LEN bytes, a template at most
+ * SL_MATCH_MAX_PARTS parts (literals and expressions). sl_match then takes
+ * O(selector length x topic length) steps at most; it never backtracks. */
+#define SL_MATCH_MAX_LEN 4096
+#define SL_MATCH_MAX_PARTS 32
+
+/* Compiles a selector; NULL if out of memory, the template is malformed
+ * (an unclosed "{", an unknown operator) or a pattern is over the bounds. A
+ * selector whose first byte is NUL is the exact topic after it, whatever
+ * characters it holds. */
 sl_matcher *sl_match_compile(const char *sel, size_t len);
 void sl_match_free(sl_matcher *m);
 /* Whether the topic matches. */
