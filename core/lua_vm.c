@@ -218,6 +218,7 @@ void sl_vm_maybe_close(sl_vm *vm) {
 
 void sl_vm_close(sl_vm *vm) {
   if (!vm) return;
+  if (vm->jit) sl_watchdog_jit(-1);
   if (vm->L) lua_close(vm->L);
   sl_buf_unref(vm->handover);
   free(vm->script);

@@ -19,6 +19,7 @@ typedef struct sl_vm {
   sl_config cfg;           /* what this script configured; the gateway's once it is loaded */
   unsigned users;          /* connections whose Lua objects live in this state */
   int retired;             /* replaced by a reload: closed once its last user is gone */
+  int jit;                 /* the script turned LuaJIT's compiler on */
   struct sl_vm *next_retired;
   int dispatch_ref, gone_ref, reloading_ref;
   sl_buf *handover;        /* what the previous state's on_reload gave (lcopy bytes), if anything */

@@ -27,6 +27,8 @@
 #include "log.h"
 #include "rproto.h"
 #include "server.h"
+#include "sse.h"
+#include "watchdog.h"
 
 #define SL_REDIS_ALL "sluice:all" /* the gateway-wide history stream */
 #define BACKOFF_MIN_MS 100
@@ -153,6 +155,7 @@ struct sl_redis {
   uv_timer_t retry;
   unsigned backoff;
   int closes;                 /* what must close before the memory goes */
+  int bad_id_logged, bad_event_logged; /* events dropped for a CR, LF or NUL in their id / name */
   rreplay *replays;
   sl_redis_stats st;
 };
@@ -465,8 +468,20 @@ void sl_redis_stop(sl_redis *r) {
 
 /* ---- events in ---- */
 
-/* The hub event of a parsed message, topics and privacy included; NULL if out of memory. */
-static sl_hub_event *event_of(const sl_rmsg *m, double now) {
+/* The hub event of a parsed message, topics and privacy included; NULL if out
+ * of memory, or if its id or name cannot be framed (another node's bug, or a
+ * writer other than Sluice: logged once for each). */
+static sl_hub_event *event_of(sl_redis *r, const sl_rmsg *m, double now) {
+  int bad_id = m->id.p && sl_sse_check_field(m->id.p, m->id.len);
+  if (bad_id || (m->event.p && sl_sse_check_field(m->event.p, m->event.len))) {
+    int *logged = bad_id ? &r->bad_id_logged : &r->bad_event_logged;
+    if (!*logged)
+      sl_warn("redis: dropping event %" PRIu64 " (and, from now on silently, any other) whose %s holds CR, LF or "
+              "NUL: it cannot be framed as an event",
+              m->seq, bad_id ? "id" : "event name");
+    *logged = 1;
+    return NULL;
+  }
   sl_hub_event *e;
   if (sl_hub_event_new(m->seq, m->data.p, m->data.len, m->id.p, m->id.len, m->event.p, m->event.len, m->retry, now,
                        &e))
@@ -492,12 +507,14 @@ static void process_message(sl_redis *r, const char *p, size_t len) {
   if (m.seq <= r->last_seq) return; /* seen already (the catch-up had it) */
   r->last_seq = m.seq;
   double now = now_s();
-  sl_hub_event *e = event_of(&m, now);
+  sl_hub_event *e = event_of(r, &m, now);
   if (!e) return;
   sl_hub_str chans[SL_RMSG_MAX_CHANS];
   for (int i = 0; i < m.nchans; i++) chans[i].p = m.chans[i].p, chans[i].len = m.chans[i].len;
   sl_metrics_published(&r->srv->metrics, uv_hrtime());
+  sl_watchdog_enter_c("the fan-out of an event from Redis");
   sl_hub_dispatch(&r->srv->hub, chans, m.nchans, e, now);
+  sl_watchdog_leave();
   sl_hub_event_unref(e);
 }
 
@@ -639,7 +656,7 @@ static void on_replay(redisAsyncContext *ac, void *reply_, void *priv) {
     redisReply *m = reply->element[i + 2];
     sl_rmsg msg;
     if (m->type != REDIS_REPLY_STRING || sl_rmsg_parse(m->str, m->len, &msg)) continue;
-    if ((es[got] = event_of(&msg, now)) != NULL) got++;
+    if ((es[got] = event_of(r, &msg, now)) != NULL) got++;
   }
   r->st.replays++;
   int rc = es ? sl_hub_release(&r->srv->hub, sub, es, (int)got) : -ENOMEM;

@@ -9,7 +9,12 @@
  * with the JIT off unless a script turns it on (configure { jit = true }), and
  * a loop that still cannot be stopped after a second period ends the process
  * (status 70) so that its supervisor starts it again, instead of a gateway that
- * hangs for good. */
+ * hangs for good. The same goes for C work outside any script that the gateway
+ * marks (sl_watchdog_enter_c: a Redis message's fan-out), which no hook can
+ * reach; its cost is bounded (SECURITY.md), so this is the last line only.
+ * The message says what was seen: Lua that did not stop while interpreted
+ * (then it was in C called from the script), Lua or C while some state runs
+ * with the JIT on, or the marked C work. */
 #define _GNU_SOURCE
 #include "watchdog.h"
 #include <lauxlib.h>
@@ -31,7 +36,9 @@ static struct {
   _Atomic uint64_t fired;    /* the episode the watchdog fired for */
   _Atomic uint64_t limit_ns; /* 0: off */
   _Atomic int stop;
-  lua_State *_Atomic L;      /* the state running now */
+  lua_State *_Atomic L;      /* the state running now; NULL in marked C work */
+  const char *_Atomic what;  /* the marked C work running now */
+  _Atomic int jit_states;    /* Lua states with the JIT on */
   int depth;                 /* main thread only: nested entries */
 } wd;
 
@@ -41,12 +48,19 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-void sl_watchdog_enter(lua_State *L) {
+static void enter(lua_State *L, const char *what) {
   if (wd.depth++) return;
   atomic_store(&wd.L, L);
+  atomic_store(&wd.what, what);
   atomic_fetch_add(&wd.episode, 1);
   atomic_store(&wd.since, now_ns());
 }
+
+void sl_watchdog_enter(lua_State *L) { enter(L, NULL); }
+
+void sl_watchdog_enter_c(const char *what) { enter(NULL, what); }
+
+void sl_watchdog_jit(int delta) { atomic_fetch_add(&wd.jit_states, delta); }
 
 void sl_watchdog_leave(void) {
   if (--wd.depth) return;
@@ -76,6 +90,28 @@ static void on_signal(int sig) {
   if (L && atomic_load(&wd.since)) lua_sethook(L, hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
+/* Says why the gateway could not be stopped, and exits with status 70. */
+static void give_up(uint64_t late_ns) {
+  double late = (double)late_ns / 1e9;
+  const char *what = atomic_load(&wd.what);
+  if (!atomic_load(&wd.L))
+    sl_error("watchdog: the gateway has been busy in C work outside any script (%s) for %.1f s past the limit; "
+             "C work cannot be interrupted: exiting (status 70) so the service manager restarts the gateway",
+             what ? what : "unnamed", late);
+  else if (atomic_load(&wd.jit_states) == 0)
+    sl_error("watchdog: a script is still busy %.1f s after it was told to stop, in C work it called (the JIT is "
+             "off, so no Lua loop escapes the watchdog): C work cannot be interrupted: exiting (status 70) so the "
+             "service manager restarts the gateway",
+             late);
+  else
+    sl_error("watchdog: a script is still busy %.1f s after it was told to stop: either it loops in code the JIT "
+             "compiled or it is in C work it called, neither of which can be interrupted; exiting (status 70) so "
+             "the service manager restarts the gateway (leave configure { jit } off to make every Lua loop "
+             "stoppable)",
+             late);
+  _exit(70);
+}
+
 static void *run(void *arg) {
   (void)arg;
   uint64_t fired_at = 0;
@@ -88,13 +124,10 @@ static void *run(void *arg) {
     if (atomic_load(&wd.fired) != ep) {
       atomic_store(&wd.fired, ep);
       fired_at = now;
-      pthread_kill(wd.main, SL_WATCHDOG_SIGNAL);
+      /* Marked C work has no hook to set: it gets the second period too. */
+      if (atomic_load(&wd.L)) pthread_kill(wd.main, SL_WATCHDOG_SIGNAL);
     } else if (now - fired_at > limit + 1000000000u) {
-      sl_error("watchdog: a script is still running %.1f s after it was told to stop: it loops in code the "
-               "JIT compiled, which cannot be interrupted; exiting (status 70) so the service manager "
-               "restarts the gateway (leave configure { jit } off to make every loop stoppable)",
-               (double)(now - fired_at) / 1e9);
-      _exit(70);
+      give_up(now - since - limit);
     }
   }
   return NULL;

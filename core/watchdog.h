@@ -16,6 +16,11 @@ void sl_watchdog_stop(void);
 void sl_watchdog_limit(double seconds);
 /* The main thread runs Lua code of L from now / no longer (nesting allowed). */
 void sl_watchdog_enter(lua_State *L);
+/* The main thread does C work outside Lua that a client's input could make
+ * long (what names it in the log; a static string); sl_watchdog_leave ends it. */
+void sl_watchdog_enter_c(const char *what);
 void sl_watchdog_leave(void);
+/* A Lua state turned the JIT on (+1) or off, or closed with it on (-1). */
+void sl_watchdog_jit(int delta);
 
 #endif

@@ -25,7 +25,7 @@ end
 -- key -> { check, what it must be }
 _M.keys = {
   heartbeat = { nonneg, "a number of seconds (0 = off)" },
-  retry = { whole, "a whole number of milliseconds" },
+  retry = { function(v) return whole(v) and v <= 2 ^ 53 - 1 end, "a whole number of milliseconds (up to 2^53 - 1)" },
   history = { whole, "a whole number of events" },
   history_ttl = { nonneg, "a number of seconds" },
   gateway_history = { whole, "a whole number of events" },
@@ -59,10 +59,22 @@ function _M.apply(t, set, level)
     if k == "jit" then
       -- The JIT is off unless asked for: the watchdog cannot stop a loop it compiled.
       if v then jit.on() else jit.off() end
+      set(k, v)
     elseif k ~= "cors" then
       set(k, v)
     end
   end
+end
+
+--- Whether a cors value answers every origin with credentials: any page on the
+-- web can then read, with the user's cookies, what the gateway serves them.
+function _M.cors_reflects_credentials(v)
+  if type(v) ~= "table" or v.origins == nil or v.credentials ~= true then return false end
+  if v.origins == "*" then return true end
+  if type(v.origins) == "table" then
+    for _, o in pairs(v.origins) do if o == "*" then return true end end
+  end
+  return false
 end
 
 --- The Access-Control-Allow-Origin value for a request's Origin (or nil), and

@@ -41,21 +41,37 @@ describe("watchdog", function()
   end)
 end)
 
+-- Requests path on a new gateway and waits for it to exit; returns how, code and its log.
+local function exits(env, path)
+  local s = gw.start("spec/fixtures/watchdog_app.lua", { prefix = env and { "env", env } or nil })
+  local c = s:connect()
+  c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+  local deadline = socket.gettime() + 30
+  local p, how, code
+  repeat
+    p, how, code = wait.wait(s.pid, wait.WNOHANG)
+    if p ~= s.pid then socket.sleep(0.05) end
+  until p == s.pid or socket.gettime() > deadline
+  assert.equal(s.pid, p)
+  s.pid = nil
+  c:close()
+  return how, code, s:logs()
+end
+
 describe("watchdog with the JIT on", function()
   it("ends the process with status 70 when a compiled loop cannot be stopped", function()
-    local s = gw.start("spec/fixtures/watchdog_app.lua", { prefix = { "env", "SLUICE_JIT=1" } })
-    local c = s:connect()
-    c:send("GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
-    local deadline = socket.gettime() + 30
-    local p, how, code
-    repeat
-      p, how, code = wait.wait(s.pid, wait.WNOHANG)
-      if p ~= s.pid then socket.sleep(0.05) end
-    until p == s.pid or socket.gettime() > deadline
-    assert.equal(s.pid, p)
-    s.pid = nil
+    local how, code, logs = exits("SLUICE_JIT=1", "/spin")
     assert.same({ "exited", 70 }, { how, code })
-    assert.matches("JIT compiled, which cannot be interrupted; exiting %(status 70%)", s:logs())
-    c:close()
+    assert.matches("either it loops in code the JIT compiled or it is in C work it called, neither of which can be " ..
+      "interrupted; exiting %(status 70%)", logs)
+  end)
+end)
+
+describe("watchdog and C work", function()
+  it("names C work a script called, and does not blame the JIT while it is off", function()
+    local how, code, logs = exits(nil, "/c-work")
+    assert.same({ "exited", 70 }, { how, code })
+    assert.matches("in C work it called %(the JIT is off", logs)
+    assert.is_nil(logs:find("JIT compiled", 1, true))
   end)
 end)
