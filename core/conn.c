@@ -287,8 +287,8 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
   int sl = sizeof ss;
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) peer_name(c, &ss);
   if (srv->nconns > srv->cfg.max_connections) {
-    srv->refused++;
-    sl_warn("refusing %s: max_connections (%u) reached", c->peer, srv->cfg.max_connections);
+    srv->refused++; /* logged as a count, once a second (server.c) */
+    memcpy(srv->refused_peer, c->peer, sizeof srv->refused_peer);
     sl_buf *b = sl_http_error(503);
     if (b) sl_conn_write(c, b);
     sl_buf_unref(b);
@@ -651,7 +651,7 @@ int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, si
   if (c->state != SL_CS_BUSY) return -EALREADY;
   sl_sb sb;
   sl_sb_init(&sb, 256 + (c->is_head ? 0 : len));
-  sl_http_status_line(&sb, status);
+  sl_http_status_line(&sb, status, headers ? headers->b : NULL);
   if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
   int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
   if (!no_body) sl_sb_addf(&sb, "Content-Length: %zu\r\n", len);
@@ -675,7 +675,7 @@ int sl_conn_start_stream(sl_conn *c, int status, sl_sb *headers, double heartbea
    * head lives until its home writes it, and a larger block would leave a
    * larger hole between the blocks that live on. */
   sl_sb_init(&sb, 64 + (headers && headers->b ? headers->b->len : 0) + 64);
-  sl_http_status_line(&sb, status);
+  sl_http_status_line(&sb, status, headers ? headers->b : NULL);
   if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
   /* The body runs until the connection closes: no length, no chunking. */
   sl_sb_adds(&sb, "Connection: close\r\n\r\n");
@@ -884,6 +884,14 @@ void sl_conn_close(sl_conn *c) {
   c->closing = 1;
   /* On an I/O thread, the line waits until the thread is done with it (lua_gone). */
   if (c->state == SL_CS_STREAM && local(c)) access_log(c);
+  /* A request closed before its answer still gets its line: 499 (as nginx
+   * logs it) when the client left, a half-close while the handler waits
+   * included; 503 when the gateway closed it (a shutdown). */
+  if (c->state == SL_CS_BUSY && c->req) {
+    c->status = c->ended == SL_END_CLIENT ? 499 : 503;
+    c->bytes_sent = 0;
+    access_log(c);
+  }
   sl_server *srv = c->srv;
   unlist(c);
   if (c->sub) {
@@ -927,7 +935,7 @@ static void parse_error(sl_conn *c) {
 
 /* Parses p; returns the bytes used, or -1 after a parse error (the connection is ending). */
 static ssize_t feed(sl_conn *c, const char *p, size_t n) {
-  llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+  llhttp_errno_t e = sl_http_execute(c, p, n);
   if (e == HPE_OK) return (ssize_t)n;
   if (e == HPE_PAUSED && c->msg_done) {
     llhttp_resume(&c->parser);

@@ -92,6 +92,8 @@ typedef struct sl_conn {
   uint8_t io_why;            /* why the home closed it (enum sl_conn_end), for the loop thread */
   uint8_t want_drain;        /* the loop thread waits to hear it went below hwm (atomic) */
   uint8_t pending_closes;
+  uint8_t crlf_next;         /* after a chunk's data: 1 = its CR, 2 = its LF is owed next (http.c) */
+  uint8_t fold;              /* where http.c's scan for folded header lines is */
 } sl_conn;
 
 /* Accepts one connection from a listener. */

@@ -1,5 +1,6 @@
 /* http: request parsing callbacks and response heads. See http.h. */
 #include "http.h"
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -45,8 +46,59 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   return r;
 }
 
+/* Whether a header name holds a byte that is no token character: llhttp 8
+ * lets the whitespace of "Host : x" through, which RFC 9112 says to refuse
+ * (a front end may read the name otherwise). */
+static int bad_name(const char *at, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (at[i] == ' ' || at[i] == '\t') return 1;
+  return 0;
+}
+
+/* Obs-fold ("Name: a\r\n b", or "Name:\r\n b"): a header line that starts
+ * with a space or tab continues the one before. RFC 9112 lets a server refuse
+ * it, and it must here: llhttp 8 reads "Transfer-Encoding:\r\n chunked" as
+ * chunked, where a front end may not. A small scanner follows the bytes after
+ * each header name and value, across inputs, until the next line has begun:
+ * O(1) a byte. */
+enum { F_NONE, F_NAME, F_EOL, F_LF, F_VALUE };
+
+/* Scans p..end from state c->fold; -1 at a fold. */
+static int fold_scan(sl_conn *c, const char *p, const char *end) {
+  for (; c->fold != F_NONE && p < end; p++) {
+    char ch = *p;
+    switch (c->fold) {
+      case F_NAME: /* the name may go on, or end at its colon */
+        c->fold = ch == ':' ? F_EOL : F_NONE;
+        break;
+      case F_VALUE: /* the value may go on, or end at its line end */
+        c->fold = ch == '\r' || ch == ' ' || ch == '\t' ? F_EOL : ch == '\n' ? F_LF : F_NONE;
+        break;
+      case F_EOL: /* whitespace and CR up to the LF; anything else is a value */
+        if (ch == '\n') c->fold = F_LF;
+        else if (ch != ' ' && ch != '\t' && ch != '\r' && ch != ':') c->fold = F_NONE;
+        break;
+      case F_LF: /* the next line: a space or tab there is a fold */
+        if (ch == ' ' || ch == '\t') return -1;
+        c->fold = F_NONE;
+        break;
+    }
+  }
+  return 0;
+}
+
+/* After a name or value span: scans what follows it in this input; what
+ * the input ends before, sl_http_execute scans in the next one. */
+static int fold_after(llhttp_t *p, const char *at, size_t len, int state) {
+  sl_conn *c = conn_of(p);
+  c->fold = (uint8_t)state;
+  return fold_scan(c, at + len, c->home->parse_end) ? reject(p, 400) : 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   sl_req *r = conn_of(p)->req;
+  if (bad_name(at, len)) return reject(p, 400);
+  if (fold_after(p, at, len, F_NAME)) return -1;
   if (r->nhdrs == 0 || r->in_value) {
     if (r->nhdrs == r->hdr_cap) {
       unsigned cap = r->hdr_cap ? r->hdr_cap * 2 : 16;
@@ -69,6 +121,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   sl_req *r = conn_of(p)->req;
+  if (fold_after(p, at, len, F_VALUE)) return -1;
   sl_hdr *h = &r->hdrs[r->nhdrs - 1];
   if (!r->in_value) {
     r->in_value = 1;
@@ -117,11 +170,37 @@ static int on_headers_complete(llhttp_t *p) {
   return 0;
 }
 
+/* Checks the bytes at p (up to end) against the CRLF owed after a chunk's
+ * data; what the input ends before is owed by the next input. llhttp 8 skips
+ * those two bytes whatever they are: "3\r\nabcXX" would be taken as "abc", and
+ * a front end that reads a bare LF there sees another request. -1 if wrong. */
+static int owed_crlf(sl_conn *c, const char *p, const char *end) {
+  while (c->crlf_next && p < end) {
+    if (*p++ != "\r\n"[c->crlf_next - 1]) return -1;
+    c->crlf_next = c->crlf_next == 1 ? 2 : 0;
+  }
+  return 0;
+}
+
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   sl_conn *c = conn_of(p);
   sl_req *r = c->req;
   if (r->body_len + len > c->home->lim.max_body) return reject(p, 413);
+  if ((p->flags & F_CHUNKED) && p->content_length == 0) {
+    /* This chunk's data is all in: its CRLF comes next. */
+    c->crlf_next = 1;
+    if (owed_crlf(c, at + len, c->home->parse_end)) return reject(p, 400);
+  }
   return sl_append(&r->body, &r->body_len, &r->body_cap, at, len, 1024) ? reject(p, 503) : 0;
+}
+
+llhttp_errno_t sl_http_execute(sl_conn *c, const char *data, size_t len) {
+  if (owed_crlf(c, data, data + len) || fold_scan(c, data, data + len)) {
+    c->err_status = 400;
+    return HPE_INVALID_CHUNK_SIZE;
+  }
+  c->home->parse_end = data + len;
+  return llhttp_execute(&c->parser, data, len);
 }
 
 static int on_message_complete(llhttp_t *p) {
@@ -178,20 +257,35 @@ const char *sl_http_reason(int status) {
   }
 }
 
-int sl_http_status_line(sl_sb *sb, int status) {
+/* Whether the header block h (lines "Name: value\r\n") has a header called name. */
+static int has_header(const sl_buf *h, const char *name, size_t n) {
+  if (!h) return 0;
+  for (const char *p = h->data, *end = h->data + h->len; p && end - p > (ptrdiff_t)n;) {
+    if (p[n] == ':' && strncasecmp(p, name, n) == 0) return 1;
+    const char *lf = memchr(p, '\n', (size_t)(end - p));
+    p = lf ? lf + 1 : NULL;
+  }
+  return 0;
+}
+
+int sl_http_status_line(sl_sb *sb, int status, const sl_buf *own) {
+  if (sl_sb_addf(sb, "HTTP/1.1 %d %s\r\n", status, sl_http_reason(status))) return -1;
+  /* A script's own Server or Date replaces the gateway's: never two of them. */
+  if (!has_header(own, "server", 6) && sl_sb_adds(sb, "Server: sluice\r\n")) return -1;
+  if (has_header(own, "date", 4)) return 0;
   char date[64];
   time_t now = time(NULL);
   struct tm tm;
   gmtime_r(&now, &tm);
   strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return sl_sb_addf(sb, "HTTP/1.1 %d %s\r\nServer: sluice\r\nDate: %s\r\n", status, sl_http_reason(status), date);
+  return sl_sb_addf(sb, "Date: %s\r\n", date);
 }
 
 sl_buf *sl_http_error(int status) {
   sl_sb sb;
   const char *reason = sl_http_reason(status);
   sl_sb_init(&sb, 256);
-  sl_http_status_line(&sb, status);
+  sl_http_status_line(&sb, status, NULL);
   sl_sb_addf(&sb, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
              strlen(reason) + 1, reason);
   return sl_sb_finish(&sb);

@@ -25,12 +25,18 @@ typedef struct sl_req {
 
 extern const llhttp_settings_t sl_http_settings;
 
+struct sl_conn;
+/* llhttp_execute on the connection's parser, with the checks llhttp 8 leaves
+ * out (the CRLF after a chunk's data). */
+llhttp_errno_t sl_http_execute(struct sl_conn *c, const char *data, size_t len);
+
 sl_req *sl_req_new(void);
 void sl_req_free(sl_req *r);
 
 const char *sl_http_reason(int status);
-/* Appends "HTTP/1.1 status reason\r\n" and the Date/Server headers. */
-int sl_http_status_line(sl_sb *sb, int status);
+/* Appends "HTTP/1.1 status reason\r\n" and the Date and Server headers,
+ * each unless the header block own (the script's, may be NULL) has its own. */
+int sl_http_status_line(sl_sb *sb, int status, const sl_buf *own);
 /* A complete canned response (plain text body), e.g. for 400 or 503; Connection: close. */
 sl_buf *sl_http_error(int status);
 

@@ -60,6 +60,7 @@ struct sl_home {
   size_t ndirty, capdirty;
   sl_io_limits lim;
   void *fanout;             /* the handler's: the buffer of the fan-out being handled */
+  const char *parse_end;    /* the end of the bytes its parser is given now (http.c) */
   /* Counters, written by this home only (atomic stores), read by the metrics. */
   uint64_t bytes_sent, heartbeats, slow_disconnects;
   int started, stopping;

@@ -24,6 +24,12 @@ void sl_config_defaults(sl_config *cfg) {
 static void on_sweep(uv_timer_t *t) {
   sl_server *srv = t->data;
   sl_hub_sweep(&srv->hub, (double)uv_hrtime() / 1e9);
+  /* Refusals are told as a count: a flood of them must not set the log's volume. */
+  if (srv->refused > srv->refused_logged) {
+    sl_warn("refused %llu connection(s) in the last second: max_connections (%u) reached (the latest from %s)",
+            (unsigned long long)(srv->refused - srv->refused_logged), srv->cfg.max_connections, srv->refused_peer);
+    srv->refused_logged = srv->refused;
+  }
   /* After a crowd has left, hand its memory back to the system: the Lua heap
    * first (handles of closed connections), then malloc's free pages. */
   if (srv->nconns > srv->peak_conns) srv->peak_conns = srv->nconns;

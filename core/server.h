@@ -73,6 +73,8 @@ typedef struct sl_server {
   unsigned peak_conns;     /* the most connections since memory was last trimmed */
   uint64_t next_conn_id;
   uint64_t refused;        /* connections refused over max_connections */
+  uint64_t refused_logged; /* how many of them the log has told of (once a second, as a count) */
+  char refused_peer[48];   /* the latest one's address */
   struct sl_vm *vm;        /* the VM new requests go to */
   struct sl_vm *retired;   /* VMs replaced by a reload that still serve connections */
   uint64_t reloads;
