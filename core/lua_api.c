@@ -22,6 +22,7 @@
 #include "sched.h"
 #include "server.h"
 #include "sse.h"
+#include "watchdog.h"
 
 static sl_vm *vm_of(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
@@ -54,9 +55,24 @@ static int write_result(lua_State *L, sl_conn *c, int r) {
   return 2;
 }
 
+/* A header value may hold no control character but HTAB (RFC 9110 field-value):
+ * CR, LF and NUL would split or end the head, and the other CTLs (VT, FF, DEL,
+ * ...) are read differently by different proxies. */
 static int check_header_text(const char *s, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return -1;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -1;
+  }
+  return 0;
+}
+
+/* A header name is a token (RFC 9110): no separators, spaces or controls. */
+static int check_header_name(const char *s, size_t n) {
+  if (!n) return -1;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch)) return -1;
+  }
   return 0;
 }
 
@@ -78,7 +94,7 @@ static void each_header(lua_State *L, int idx, int check, sl_sb *sb) {
   while (lua_next(L, idx)) {
     size_t nl = 0;
     const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
-    int bad_name = !name || !nl || check_header_text(name, nl) || memchr(name, ':', nl) || memchr(name, ' ', nl);
+    int bad_name = !name || check_header_name(name, nl);
     if (bad_name && check) luaL_error(L, "bad header name '%s'", name ? name : "(not a string)");
     if (check && framing_header(name, nl)) luaL_error(L, "header '%s' is set by the gateway", name);
     int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 1;
@@ -94,7 +110,8 @@ static void each_header(lua_State *L, int idx, int check, sl_sb *sb) {
       size_t vl;
       const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ? lua_tolstring(L, -1, &vl) : NULL;
       if (check && !v) luaL_error(L, "header '%s' must be a string", name);
-      if (check && check_header_text(v, vl)) luaL_error(L, "header '%s' may not contain CR, LF or NUL", name);
+      if (check && check_header_text(v, vl))
+        luaL_error(L, "header '%s' may not contain CR, LF, NUL or another control character but tab", name);
       if (sb && v) {
         sl_sb_add(sb, name, nl);
         sl_sb_add(sb, ": ", 2);
@@ -118,16 +135,17 @@ static void add_headers(lua_State *L, int idx, sl_sb *sb) {
   if (!lua_isnoneornil(L, idx)) each_header(L, idx, 0, sb);
 }
 
-/* respond(conn, status, body, headers) */
+/* respond(conn, status, body, headers, close): close ends the connection after it */
 static int api_respond(lua_State *L) {
   check_ud(L, 1);
   int status = (int)luaL_checkinteger(L, 2);
   size_t len = 0;
   const char *body = luaL_optlstring(L, 3, "", &len);
-  if (status < 100 || status > 999) return luaL_error(L, "bad status %d", status);
+  if (status < 200 || status > 999) return luaL_error(L, "bad status %d", status);
   sl_sb sb;
   add_headers(L, 4, &sb);
   sl_conn *c = live_conn(L, 1);
+  if (c && lua_toboolean(L, 5)) c->keepalive = 0;
   int r = c ? sl_conn_respond(c, status, &sb, body, len) : -EPIPE;
   sl_sb_free(&sb);
   if (r == -EALREADY) return luaL_error(L, "the response was already sent");
@@ -137,7 +155,9 @@ static int api_respond(lua_State *L) {
 static long long opt_retry(lua_State *L, int idx, long long dflt) {
   if (lua_isnoneornil(L, idx)) return dflt;
   lua_Number n = luaL_checknumber(L, idx);
-  if (n < 0 || n != (lua_Number)(long long)n) luaL_error(L, "retry must be a whole number of milliseconds");
+  /* The range test comes first: converting a double out of range is undefined. */
+  if (!(n >= 0 && n <= 9007199254740991.0) || n != (lua_Number)(long long)n)
+    luaL_error(L, "retry must be a whole number of milliseconds (0 to 2^53 - 1)");
   return (long long)n;
 }
 
@@ -157,6 +177,7 @@ static int api_start(lua_State *L) {
   sl_vm *vm = vm_of(L);
   check_ud(L, 1);
   int status = (int)luaL_optinteger(L, 2, 200);
+  if (status < 200 || status > 999) return luaL_error(L, "bad status %d", status);
   long long retry = opt_retry(L, 4, vm->srv->cfg.retry);
   double heartbeat = luaL_optnumber(L, 5, vm->srv->cfg.heartbeat);
   sl_sb sb;
@@ -311,6 +332,13 @@ static int api_config(lua_State *L) {
   sl_vm *vm = vm_of(L);
   sl_config *cfg = &vm->cfg;
   const char *key = luaL_checkstring(L, 1);
+  if (strcmp(key, "jit") == 0) {
+    /* Only for the watchdog's word on what it could not stop. */
+    int on = lua_toboolean(L, 2);
+    if (on != vm->jit) sl_watchdog_jit(on ? 1 : -1);
+    vm->jit = on;
+    return 0;
+  }
   if (strcmp(key, "retry") == 0) {
     cfg->retry = opt_retry(L, 2, -1);
     if (vm->srv->vm == vm) sl_vm_activate(vm);
@@ -484,6 +512,11 @@ static int api_subscribe(lua_State *L) {
   if (lua_istable(L, 4) || lua_istable(L, 5)) {
     unsigned nm, ng;
     sl_hub_str *m = string_list(L, 4, &nm), *g = string_list(L, 5, &ng);
+    if (nm + ng > SL_HUB_MAX_SELECTORS) {
+      free(m);
+      free(g);
+      return luaL_error(L, "sluice.subscribe: at most %d selectors (match and grants together)", SL_HUB_MAX_SELECTORS);
+    }
     int bad = -1;
     filter = sl_hub_filter_new(m, nm, g, ng, &bad);
     sl_hub_str badsel = bad < 0 ? (sl_hub_str){NULL, 0} : bad < (int)nm ? m[bad] : g[bad - (int)nm];
@@ -597,6 +630,8 @@ static int api_publish(lua_State *L) {
   }
   char out[256];
   unsigned nt = 0;
+  if (lua_istable(L, 6) && lua_objlen(L, 6) > SL_HUB_MAX_TOPICS)
+    return luaL_error(L, "sluice.publish: at most %d topics", SL_HUB_MAX_TOPICS);
   sl_hub_str *topics = lua_istable(L, 6) ? string_list(L, 6, &nt) : NULL;
   uint64_t t0 = uv_hrtime();
   int r = sl_hub_publish(&srv->hub, chans, n, data, len, id, idlen, ev, evlen, retry, topics, nt, lua_toboolean(L, 7),
@@ -983,6 +1018,10 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "SLEEP");
   lua_pushstring(L, SLUICE_VERSION);
   lua_setfield(L, -2, "version");
+  lua_pushinteger(L, SL_HUB_MAX_SELECTORS);
+  lua_setfield(L, -2, "max_selectors");
+  lua_pushinteger(L, SL_HUB_MAX_TOPICS);
+  lua_setfield(L, -2, "max_topics");
 
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setfield(L, -2, "script_dir");

@@ -26,19 +26,26 @@ function _M.to_data(v)
   return nil, "a " .. t
 end
 
+local huge = math.huge
+-- The largest retry that is still an exact whole number (and fits the framing's integers).
+local MAX_RETRY = 2 ^ 53 - 1
+
 local function check_field(name, v, level)
   if v == nil then return nil end
   local t = type(v)
   if t ~= "string" and t ~= "number" then error(name .. " must be a string or a number", level + 1) end
-  if t == "number" then v = number(v) end
+  if t == "number" then
+    if v ~= v or v == huge or v == -huge then error(name .. " must be a finite number, not " .. tostring(v), level + 1) end
+    v = number(v)
+  end
   if find(v, "[\r\n%z]") then error(name .. " may not contain CR, LF or NUL", level + 1) end
   return v
 end
 
 local function check_retry(v, level)
   if v == nil then return nil end
-  if type(v) ~= "number" or v < 0 or v ~= floor(v) then
-    error("retry must be a whole number of milliseconds", level + 1)
+  if type(v) ~= "number" or v < 0 or v ~= floor(v) or v > MAX_RETRY then
+    error("retry must be a whole number of milliseconds (0 to 2^53 - 1)", level + 1)
   end
   return v
 end

@@ -74,7 +74,14 @@ for _, m in ipairs { "get", "post", "put", "delete", "patch", "head", "options" 
   _M[m] = function(pattern, handler) add_route(M, pattern, handler) end
 end
 
-function _M.configure(t) config.apply(t, core.config, 2) end
+function _M.configure(t)
+  config.apply(t, core.config, 2)
+  if type(t) == "table" and config.cors_reflects_credentials(t.cors) then
+    core.log(1, "configure { cors = { origins = \"*\", credentials = true } } answers every origin with credentials: " ..
+      "any web page can read this gateway's responses with its visitors' cookies (same-origin protection is off " ..
+      "for cookie-authenticated reads); list the origins you trust instead")
+  end
+end
 
 --- sluice.static(prefix, dir): serves the files under dir (relative to the script) at prefix.
 function _M.static(prefix, dir)
@@ -105,9 +112,16 @@ local function check_headers(h, what, level)
   end
 end
 
+--- Whether st is a final HTTP status: 1xx answers are interim, and one with no
+-- final answer after it would make the next response answer this request
+-- (100 Continue is the gateway's own, sent when a client asks for it).
+local function final_status(st) return type(st) == "number" and st >= 200 and st <= 999 and st % 1 == 0 end
+
 --- sluice.response(status, body, headers): a plain HTTP response.
 function _M.response(st, body, headers)
-  if type(st) ~= "number" or st < 100 or st > 999 or st % 1 ~= 0 then error("bad status: " .. tostring(st), 2) end
+  if not final_status(st) then
+    error("bad status: " .. tostring(st) .. " (a final status, 200 to 999; 1xx are the gateway's own)", 2)
+  end
   check_headers(headers, "response headers", 2)
   local bt = type(body)
   if body ~= nil and bt ~= "string" and bt ~= "number" and bt ~= "table" then
@@ -136,8 +150,9 @@ local function check_opts(opts, what, allowed, level)
   if opts.expires_at ~= nil and (type(opts.expires_at) ~= "number" or opts.expires_at ~= opts.expires_at) then
     error("opts.expires_at must be a time in seconds since the epoch", level + 1)
   end
-  if opts.status ~= nil and (type(opts.status) ~= "number" or opts.status < 100 or opts.status > 999 or opts.status % 1 ~= 0) then
-    error("opts.status must be an HTTP status", level + 1)
+  if opts.status ~= nil and not final_status(opts.status) then
+    error("opts.status must be a final HTTP status, 200 to 999 (1xx are the gateway's own), not " .. tostring(opts.status),
+      level + 1)
   end
   return opts
 end
@@ -173,13 +188,14 @@ local function channel_list(channels, what, level, unlimited)
   return channels
 end
 
---- A string or a list of strings as a list (topics, selectors, grants); raises naming what.
-local function string_list(v, what, level)
+--- A string or a list of at most max strings as a list (topics); raises naming what.
+local function string_list(v, what, level, max)
   if type(v) == "string" then return { v } end
   if type(v) ~= "table" then error(what .. " must be a string or a list of strings", level + 1) end
   for i = 1, #v do
     if type(v[i]) ~= "string" then error(what .. " must be a string or a list of strings", level + 1) end
   end
+  if #v > max then error(what .. ": at most " .. max .. " of them", level + 1) end
   return v
 end
 
@@ -223,6 +239,7 @@ end
 function _M.subscribe(channels, opts)
   channels = channel_list(channels, "sluice.subscribe", 2)
   opts = check_opts(opts, "sluice.subscribe", SUBSCRIBE_KEYS, 2)
+  local nsel = 0
   for _, k in ipairs { "match", "grants" } do
     if opts[k] ~= nil then
       local v, list = opts[k], {}
@@ -232,6 +249,10 @@ function _M.subscribe(channels, opts)
         local sel, err = selector(v[i])
         if not sel then error("sluice.subscribe: " .. k .. ": " .. err, 2) end
         list[i] = sel
+      end
+      nsel = nsel + #list
+      if nsel > core.max_selectors then
+        error("sluice.subscribe: at most " .. core.max_selectors .. " selectors (match and grants together)", 2)
       end
       opts[k] = list
     end
@@ -266,7 +287,7 @@ function _M.publish(channels, data, opts)
     if opts.topics ~= nil or opts.private ~= nil then
       -- the event's attributes for filtered subscriptions; the rest are message fields
       topics, private = opts.topics, opts.private
-      if topics ~= nil then topics = string_list(topics, "sluice.publish: topics", 2) end
+      if topics ~= nil then topics = string_list(topics, "sluice.publish: topics", 2, core.max_topics) end
       if private ~= nil and type(private) ~= "boolean" then error("sluice.publish: private must be a boolean", 2) end
       local rest = {}
       for k, v in pairs(opts) do if k ~= "topics" and k ~= "private" then rest[k] = v end end
@@ -750,9 +771,9 @@ local function deliver(conn, req, res, cors)
   error("handler returned " .. (select(2, to_data(res))) .. ", which is neither an event nor a response", 0)
 end
 
-local function plain(conn, st, text, headers)
+local function plain(conn, st, text, headers, close)
   headers = merge_headers({ ["Content-Type"] = TEXT }, headers)
-  c_respond(conn, st, text, headers)
+  c_respond(conn, st, text, headers, close)
 end
 
 --- The Cookie header as a table (name -> value as sent; the first of a name wins).
@@ -772,7 +793,9 @@ end
 function _M._dispatch(conn, req)
   local segs, path = router.split(req.target)
   local query = segs and router.parse_query(req.query_string)
-  if not query then return plain(conn, 400, "Bad Request\n") end
+  -- A request the gateway cannot read is answered and its connection closed:
+  -- what is pipelined after it may not be what the client meant either.
+  if not query then return plain(conn, 400, "Bad Request\n", nil, true) end
   req.path, req.query, req.raw_path = path, query, req.target
   local cookie = req.headers.cookie
   if cookie then req.cookies = parse_cookies(cookie) end

@@ -251,8 +251,8 @@ end
 
 --- Reads one response head: returns status, headers (lower-case names), or nil, err.
 function Client:read_head(secs)
-  local _, e = self:until_match("\r\n\r\n", secs)
-  if not e then return nil, "no response head" end
+  local s, e = self:until_match("\r\n\r\n", secs)
+  if not s then return nil, "no response head (" .. tostring(e) .. ")" end
   local head = self.buf:sub(1, e)
   self.buf = self.buf:sub(e + 1)
   local status = tonumber(head:match("^HTTP/1%.%d (%d%d%d)"))

@@ -432,7 +432,7 @@ describe("routes and requests", function()
       assert.equal(500, res.status, p)
       assert.is_nil(res.headers.injected)
     end
-    assert.matches("may not contain CR, LF or NUL", s:logs())
+    assert.matches("may not contain CR, LF, NUL or another control character", s:logs())
     assert.matches("bad header name 'Bad Name'", s:logs())
   end)
 
