@@ -234,6 +234,69 @@ void sl_vm_stop(sl_vm *vm) {
   }
 }
 
+/* The lower-case name of header h (at most 255 bytes) into name; its length. */
+static size_t header_name(const sl_req *r, const sl_hdr *h, char name[256]) {
+  size_t n = h->name_len < 256 ? h->name_len : 255;
+  for (size_t k = 0; k < n; k++) {
+    char ch = r->head[h->name + k];
+    name[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+  }
+  return n;
+}
+
+/* Pushes the request's headers as a table (lower-case names). Repeated
+ * headers are joined with ", " (RFC 9110 5.3) in one pass over them: the
+ * first pass links each header to the next of its name, the second builds
+ * each joined value once, so many repeats cost linear time, not the
+ * square of their count that joining one at a time would. */
+static void push_headers(lua_State *L, const sl_req *r) {
+  lua_createtable(L, 0, (int)r->nhdrs);
+  unsigned small[64];
+  unsigned *next = r->nhdrs <= 64 ? small : malloc(r->nhdrs * sizeof *next);
+  int join = next != NULL; /* out of memory: each name keeps its first value */
+  if (!next) next = small;
+  char name[256];
+  /* Pass 1: table[name] = the index of the last header of that name, and
+   * next[] links each header to the following one of its name (or itself). */
+  for (unsigned i = 0; i < r->nhdrs; i++) {
+    if (join) next[i] = i;
+    lua_pushlstring(L, name, header_name(r, &r->hdrs[i], name));
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    int seen = lua_isnumber(L, -1);
+    if (seen && join) next[lua_tointeger(L, -1)] = i;
+    lua_pop(L, 1);
+    if (seen && !join) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pushinteger(L, (lua_Integer)i);
+    lua_rawset(L, -3);
+  }
+  /* Pass 2: the first header of each name builds its value, then takes the table's slot. */
+  for (unsigned i = 0; i < r->nhdrs; i++) {
+    lua_pushlstring(L, name, header_name(r, &r->hdrs[i], name));
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    int first = lua_isnumber(L, -1);
+    lua_pop(L, 1);
+    if (!first) {
+      lua_pop(L, 1);
+      continue;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (unsigned k = i;; k = next[k]) {
+      if (k != i) luaL_addlstring(&b, ", ", 2);
+      luaL_addlstring(&b, r->head + r->hdrs[k].value, r->hdrs[k].value_len);
+      if (!join || next[k] == k) break;
+    }
+    luaL_pushresult(&b);
+    lua_rawset(L, -3);
+  }
+  if (next != small) free(next);
+}
+
 static void push_request(lua_State *L, sl_conn *c) {
   sl_req *r = c->req;
   lua_createtable(L, 0, 12);
@@ -247,29 +310,7 @@ static void push_request(lua_State *L, sl_conn *c) {
   lua_setfield(L, -2, "target");
   lua_pushlstring(L, q ? q + 1 : "", q ? ulen - plen - 1 : 0);
   lua_setfield(L, -2, "query_string");
-  lua_createtable(L, 0, (int)r->nhdrs);
-  char name[256];
-  for (unsigned i = 0; i < r->nhdrs; i++) {
-    sl_hdr *h = &r->hdrs[i];
-    size_t n = h->name_len < sizeof name ? h->name_len : sizeof name - 1;
-    for (size_t k = 0; k < n; k++) {
-      char ch = r->head[h->name + k];
-      name[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
-    lua_pushlstring(L, name, n);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    if (lua_isstring(L, -1)) {
-      /* Repeated headers are joined with ", " (RFC 9110 5.3). */
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, r->head + h->value, h->value_len);
-      lua_concat(L, 3);
-    } else {
-      lua_pop(L, 1);
-      lua_pushlstring(L, r->head + h->value, h->value_len);
-    }
-    lua_rawset(L, -3);
-  }
+  push_headers(L, r);
   lua_setfield(L, -2, "headers");
   lua_pushlstring(L, r->body ? r->body : "", r->body_len);
   lua_setfield(L, -2, "body");

@@ -52,8 +52,9 @@ case "${1:-}" in
     install_browser_deps
     build build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON
     (cd build-asan && ctest --output-on-failure)
-    # libFuzzer targets (clang): the HTTP request path, the SSE encoder and the topic matchers, 20 s each
-    CC=clang TARGETS="fuzz_http fuzz_sse fuzz_match" build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON
+    # libFuzzer targets (clang), 20 s each: the HTTP request path, the SSE encoder, the topic
+    # matchers, and the Lua parsers of client bytes (query and form, cookies, JSON)
+    CC=clang TARGETS="fuzz_http fuzz_sse fuzz_match fuzz_form fuzz_cookies fuzz_json" build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON
     (cd build-fuzz && ctest --output-on-failure -R '^fuzz_')
     # ThreadSanitizer over the threaded paths (--workers 2: connections on an I/O thread)
     CC=clang TARGETS="sluice sse_load" build build-tsan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON

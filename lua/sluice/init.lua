@@ -776,19 +776,6 @@ local function plain(conn, st, text, headers, close)
   c_respond(conn, st, text, headers, close)
 end
 
---- The Cookie header as a table (name -> value as sent; the first of a name wins).
-local function parse_cookies(header)
-  local t = {}
-  for pair in header:gmatch("[^;]+") do
-    local k, v = pair:match("^%s*([^=%s]+)%s*=%s*(.-)%s*$")
-    if k and t[k] == nil then
-      if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
-      t[k] = v
-    end
-  end
-  return t
-end
-
 --- Called by the core in a new coroutine for each request.
 function _M._dispatch(conn, req)
   local segs, path = router.split(req.target)
@@ -798,7 +785,7 @@ function _M._dispatch(conn, req)
   if not query then return plain(conn, 400, "Bad Request\n", nil, true) end
   req.path, req.query, req.raw_path = path, query, req.target
   local cookie = req.headers.cookie
-  if cookie then req.cookies = parse_cookies(cookie) end
+  if cookie then req.cookies = router.parse_cookies(cookie) end
   local leid = req.headers["last-event-id"] or query.lastEventId
   if type(leid) == "table" then leid = leid[#leid] end
   req.last_event_id = leid

@@ -1,8 +1,12 @@
---- sluice.router: route patterns, matching, and URL decoding.
+--- sluice.router: route patterns, matching, and the parsers of request text
+-- (URL decoding, query strings, cookies). What a client sends costs each
+-- parser a bounded number of steps per byte: no pattern here backtracks more
+-- than once over its input (SECURITY.md).
 -- Patterns are literal segments, `:name` (one segment) and a trailing `*`
 -- (the rest of the path). Routes match in the order they were declared.
 local type, error, tonumber, char, concat = type, error, tonumber, string.char, table.concat
-local setmetatable, upper, byte, sub, find, gsub = setmetatable, string.upper, string.byte, string.sub, string.find, string.gsub
+local setmetatable, upper, byte, sub, find, gsub, match, gmatch =
+  setmetatable, string.upper, string.byte, string.sub, string.find, string.gsub, string.match, string.gmatch
 
 local _M = {}
 local mt = { __index = _M }
@@ -58,6 +62,32 @@ function _M.parse_query(qs)
     else q[k] = { old, v } end
   end
   return q
+end
+
+--- s without leading and trailing whitespace, in linear time: "^%s*(.-)%s*$"
+-- would try every end of the run of spaces at every length of (.-).
+local function trim(s)
+  local a = find(s, "%S")
+  if not a then return "" end
+  return match(s, "^.*%S", a)
+end
+
+--- The Cookie header as a table (name -> value as sent, a quoted value without
+-- its quotes; the first of a name wins).
+function _M.parse_cookies(header)
+  local t = {}
+  for pair in gmatch(header, "[^;]+") do
+    local eq = find(pair, "=", 1, true)
+    if eq then
+      local k = trim(sub(pair, 1, eq - 1))
+      if k ~= "" and not find(k, "%s") and t[k] == nil then
+        local v = trim(sub(pair, eq + 1))
+        if byte(v, 1) == 34 and byte(v, -1) == 34 and #v >= 2 then v = sub(v, 2, -2) end -- '"'
+        t[k] = v
+      end
+    end
+  end
+  return t
 end
 
 -- level: where errors point, counted from compile's caller (as error() counts from add).

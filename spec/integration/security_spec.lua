@@ -160,6 +160,20 @@ describe("request framing", function()
     c:close()
   end)
 
+  it("joins repeated headers in one pass, however many there are", function()
+    local r = s:raw("GET /req-header/x-r HTTP/1.1\r\nHost: x\r\nX-R: a\r\nx-r: b\r\nOther: z\r\nX-r: c\r\n\r\n")
+    assert.equal("a, b, c", r.body)
+    local many = {}
+    for i = 1, 900 do many[i] = "X-R: " .. i % 10 end
+    r = s:raw("GET /req-header/x-r HTTP/1.1\r\n" .. table.concat(many, "\r\n") .. "\r\n\r\n")
+    assert.equal(200, r.status)
+    local parts = {}
+    for v in r.body:gmatch("[^,]+") do parts[#parts + 1] = v end
+    assert.equal(900, #parts)
+    assert.equal("1", parts[1])
+    assert.equal(" 0", parts[900])
+  end)
+
   it("closes the connection after a 400 for a bad escape, OPTIONS * or CONNECT", function()
     local after = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     for _, bad in ipairs {

@@ -71,4 +71,13 @@ describe("sluice.router", function()
     r:add("GET", "/a", h)
     assert.has_error(function() r:add("get", "/a", h) end, "route declared twice: GET /a")
   end)
+
+  it("parses cookies: trimmed, quotes taken off, the first of a name wins, bad pairs skipped", function()
+    assert.same({ sid = "abc", theme = "dark", a = "b c" },
+      router.parse_cookies(' sid=abc; theme="dark" ;a = b c ;sid=again; bad name=x; =nameless; novalue'))
+    assert.same({ e = "" }, router.parse_cookies("e="))
+    -- a run of spaces inside a value is kept, whatever its length
+    local long = "x" .. (" "):rep(8000) .. "y"
+    assert.equal(long, router.parse_cookies("a=" .. long .. "   ").a)
+  end)
 end)
