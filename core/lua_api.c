@@ -16,6 +16,7 @@
 #include "lcopy.h"
 #include "listen.h"
 #include "log.h"
+#include "lua_out.h"
 #include "lua_vm.h"
 #include "redis.h"
 #include "rproto.h"
@@ -364,6 +365,8 @@ static int api_config(lua_State *L) {
   else if (strcmp(key, "max_body") == 0) cfg->max_body = (size_t)v;
   else if (strcmp(key, "header_timeout") == 0) cfg->header_timeout = v;
   else if (strcmp(key, "watchdog") == 0) cfg->watchdog = v;
+  else if (strcmp(key, "http_max_concurrent") == 0) cfg->http_max_concurrent = (unsigned)v;
+  else if (strcmp(key, "http_max_per_host") == 0) cfg->http_max_per_host = (unsigned)v;
   else return luaL_error(L, "unknown configuration key '%s'", key);
   /* While loading, the values wait for the load to succeed; afterwards they apply at once. */
   if (vm->srv->vm == vm) sl_vm_activate(vm);
@@ -1012,6 +1015,7 @@ static int open_core(lua_State *L) {
 #undef SL_METHOD
   lua_setfield(L, -2, "methods");
   sl_listen_open(L, vm);
+  sl_out_open(L, vm);
   sl_sched_open(vm, L);
   lua_setfield(L, -4, "AWAIT");
   lua_setfield(L, -3, "WAIT");

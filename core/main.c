@@ -14,6 +14,7 @@
 #include "reload.h"
 #include "conn.h"
 #include "server.h"
+#include "lua_out.h"
 #include "watchdog.h"
 
 static void usage(FILE *out) {
@@ -51,6 +52,8 @@ static void die_first_line(const char *what, const char *msg) {
 
 /* Shutting down, above the connections: every Lua state's timers and tasks,
  * the script watcher, the engine. */
+static void drain_done(sl_server *srv) { sl_out_stop(srv); }
+
 static void stop_all(sl_server *srv) {
   sl_vm_stop_all(srv);
   sl_reload_stop(srv);
@@ -160,6 +163,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   srv.hooks.stop = stop_all;
+  srv.hooks.drain_done = drain_done;
   if (sl_conn_homes(&srv, (int)workers)) {
     fprintf(stderr, "sluice: cannot start %ld I/O threads\n", workers - 1);
     return 1;

@@ -8,6 +8,7 @@
 #include "conn.h"
 #include "hub.h"
 #include "lua_vm.h"
+#include "fetch.h"
 #include "redis.h"
 #include "server.h"
 
@@ -175,6 +176,21 @@ static void walk(sl_server *srv, emitter *e) {
 
   hist(e, "sluice_fanout_seconds", "Time from a publish until it was written to every local subscriber.", &m->fanout);
   hist(e, "sluice_loop_lag_seconds", "How late a 100 ms timer fires: time the loop was kept busy.", &m->loop_lag);
+
+  if (srv->fetch) {
+    const sl_fetch_stats *fs = sl_fetch_get_stats(srv->fetch);
+    e->family(e, "sluice_http_client_requests_total", "counter",
+              "Outbound HTTP requests done (sluice.http), by status class (none: no response).");
+    for (int k = 0; k < 6; k++) {
+      const char *l[] = {"code", classes[k], NULL};
+      e->sample(e, "sluice_http_client_requests_total", l, (double)fs->done[k]);
+    }
+    one(e, "sluice_http_client_in_flight", "gauge", "Outbound HTTP requests in flight.", fs->in_flight);
+    one(e, "sluice_http_client_received_bytes_total", "counter", "Response body bytes received.",
+        (double)fs->bytes_in);
+    one(e, "sluice_http_client_sent_bytes_total", "counter", "Request body bytes sent.", (double)fs->bytes_out);
+    hist(e, "sluice_http_client_duration_seconds", "How long outbound HTTP requests took.", &m->fetch_duration);
+  }
 
   if (srv->redis) {
     sl_redis_stats st;

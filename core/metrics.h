@@ -31,6 +31,7 @@ typedef struct sl_metrics {
   uint64_t pub_t0[256];            /* publishes of this loop turn, not yet written out (uv_hrtime) */
   unsigned npub;
   sl_hist loop_lag;                /* seconds a 100 ms timer fired late */
+  sl_hist fetch_duration;          /* seconds outbound HTTP requests took (sluice.http) */
 } sl_metrics;
 
 void sl_hist_observe(sl_hist *h, double seconds);

@@ -766,6 +766,31 @@ static void on_kept(redisAsyncContext *ac, void *reply_, void *priv) {
   free(k);
 }
 
+typedef struct rusercmd {
+  sl_redis_reply done;
+  void *arg;
+} rusercmd;
+
+static void on_command(redisAsyncContext *ac, void *reply, void *priv) {
+  (void)ac;
+  rusercmd *c = priv;
+  c->done(c->arg, reply);
+  free(c);
+}
+
+int sl_redis_command(sl_redis *r, int argc, const char **argv, const size_t *lens, sl_redis_reply done, void *arg) {
+  if (!r->up) return -ENOTCONN;
+  rusercmd *c = malloc(sizeof *c);
+  if (!c) return -ENOMEM;
+  c->done = done;
+  c->arg = arg;
+  if (redisAsyncCommandArgv(r->cmd, on_command, c, argc, argv, lens) != REDIS_OK) {
+    free(c);
+    return -ENOTCONN;
+  }
+  return 0;
+}
+
 int sl_redis_kept(sl_redis *r, const char *chan, size_t len, const char *id, size_t idlen, sl_redis_published done,
                   void *arg) {
   if (!r->up) return -ENOTCONN;

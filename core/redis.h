@@ -54,5 +54,11 @@ typedef struct sl_redis_stats {
   uint64_t reconnects, received, published, replays;
 } sl_redis_stats;
 void sl_redis_get_stats(sl_redis *r, sl_redis_stats *out);
+/* Runs one command (argc words) on the engine's command connection, pipelined
+ * with its other commands; done(arg, reply) gets hiredis's redisReply (NULL if
+ * the connection was lost), valid only during the call. 0, -ENOTCONN (not
+ * connected: done never runs) or -ENOMEM. */
+typedef void (*sl_redis_reply)(void *arg, void *reply);
+int sl_redis_command(sl_redis *r, int argc, const char **argv, const size_t *lens, sl_redis_reply done, void *arg);
 
 #endif

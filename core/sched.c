@@ -65,16 +65,27 @@ static void task_end(sl_task *t, int ok) {
   if (t->prev) t->prev->next = t->next;
   else t->vm->tasks = t->next;
   if (t->next) t->next->prev = t->prev;
-  if (t->await_slot) *t->await_slot = NULL;
+  void **slot = t->await_slot;
+  void (*cancel)(void **) = t->await_cancel;
   t->await_slot = NULL;
+  t->await_cancel = NULL;
+  if (slot) {
+    *slot = NULL;
+    if (cancel) cancel(slot);
+  }
   luaL_unref(t->vm->L, LUA_REGISTRYINDEX, t->co_ref);
   t->co = NULL;
   uv_close((uv_handle_t *)&t->timer, on_task_closed);
+  /* The connection may let go of the state (its last user, after a reload),
+   * which would close it: held until this function is done with it. */
+  sl_vm *vm = t->vm;
+  vm->users++;
   if (c && c->task == t) {
     c->task = NULL;
     sl_conn_task_done(c, ok);
   }
-  sl_vm_maybe_close(t->vm);
+  vm->users--;
+  sl_vm_maybe_close(vm);
 }
 
 /* A sleep (or a wait that found room) is over: the coroutine gets the sleep tag
@@ -159,18 +170,22 @@ void sl_task_poke(sl_task *t) {
   uv_timer_start(&t->timer, on_poked, 0, 0);
 }
 
-sl_task *sl_task_current(sl_vm *vm, void **slot) {
+sl_task *sl_task_current_cancel(sl_vm *vm, void **slot, void (*cancel)(void **slot)) {
   sl_task *t = vm->current;
   if (!t || t->ended || t->cancelled) return NULL;
   /* One slot at a time points at a task: the one it waited on before lets go. */
   if (t->await_slot && t->await_slot != slot) *t->await_slot = NULL;
   t->await_slot = slot;
+  t->await_cancel = cancel;
   *slot = t;
   return t;
 }
 
+sl_task *sl_task_current(sl_vm *vm, void **slot) { return sl_task_current_cancel(vm, slot, NULL); }
+
 void sl_task_wake(sl_task *t, int nargs) {
   t->await_slot = NULL;
+  t->await_cancel = NULL;
   if (!t->awaiting || t->running) {
     lua_pop(t->co, nargs);
     return;

@@ -19,6 +19,7 @@ typedef struct sl_task {
   int co_ref;
   struct sl_task *prev, *next; /* the VM's task list */
   void **await_slot;         /* where a pending reply (sl_task_current) points at this task */
+  void (*await_cancel)(void **slot); /* runs if the task ends while the slot points at it */
   unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1;
 } sl_task;
 
@@ -49,6 +50,10 @@ void sl_task_resume(sl_task *t, int nargs);
  * ends first, or registers another slot) and has the coroutine yield the await
  * tag; sl_task_wake (or sl_task_poke) then resumes it. */
 sl_task *sl_task_current(struct sl_vm *vm, void **slot);
+/* The same, and cancel(slot) runs if the task ends (its client left, a
+ * shutdown, an error) while the slot still points at it: the reply it waited
+ * for is not wanted any more, so whatever brings it can stop. */
+sl_task *sl_task_current_cancel(struct sl_vm *vm, void **slot, void (*cancel)(void **slot));
 /* Resumes an awaiting task with the nargs values pushed on t->co; a task that
  * is not awaiting (it was not yielded to the scheduler) just drops them. */
 void sl_task_wake(sl_task *t, int nargs);

@@ -19,6 +19,8 @@ void sl_config_defaults(sl_config *cfg) {
   cfg->max_body = 1u << 20;
   cfg->header_timeout = 10;
   cfg->watchdog = 2;
+  cfg->http_max_concurrent = 1024;
+  cfg->http_max_per_host = 256;
 }
 
 static void on_sweep(uv_timer_t *t) {
@@ -172,6 +174,7 @@ static void on_drain_deadline(uv_timer_t *t) {
 void sl_server_drained(sl_server *srv) {
   /* Connections on I/O threads are gone once their threads have closed them. */
   if (!srv->stopping || srv->conns || srv->io_pending) return;
+  if (srv->hooks.drain_done) srv->hooks.drain_done(srv);
   if (!uv_is_closing((uv_handle_t *)&srv->drain)) uv_close((uv_handle_t *)&srv->drain, NULL);
   /* Nothing is left to write; signals go back to their defaults. */
   if (!uv_is_closing((uv_handle_t *)&srv->flusher)) uv_close((uv_handle_t *)&srv->flusher, NULL);

@@ -31,6 +31,7 @@ typedef struct sl_hooks {
   int (*replay)(struct sl_server *srv, sl_hub_sub *sub, const char *last_id, size_t len);
   void (*replay_cancel)(struct sl_server *srv, sl_hub_sub *sub);
   void (*stop)(struct sl_server *srv);   /* shutting down: timers, watchers, the engine */
+  void (*drain_done)(struct sl_server *srv); /* every connection is gone: outbound transfers end */
   void (*trim)(struct sl_server *srv);   /* a crowd left: give memory back */
 } sl_hooks;
 
@@ -57,6 +58,8 @@ typedef struct sl_config {
   double header_timeout;   /* seconds to send a complete request (head and body) */
   double watchdog;         /* seconds a script may keep the loop busy, 0 = no limit */
   char redis[512];         /* the engine's URL from the script, "" = none */
+  unsigned http_max_concurrent; /* outbound requests in flight at most (sluice.http) */
+  unsigned http_max_per_host;
 } sl_config;
 
 #define SL_MAX_LISTENERS 16
@@ -81,6 +84,7 @@ typedef struct sl_server {
   struct sl_reloader *reloader;
   sl_hub hub;
   struct sl_redis *redis;   /* the Redis engine, when --redis (or configure) gave one */
+  struct sl_fetch *fetch;   /* outbound HTTP (sluice.http), made on first use */
   sl_hooks hooks;
   sl_metrics metrics;
   uv_timer_t lag;          /* measures how late the loop runs a timer */

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libluajit2-5.1-dev luajit2 libuv1-dev node-llhttp
       lua-busted lua-socket lua-cjson lua-posix valgrind iproute2 curl procps python3 chromium
-      clang libclang-rt-14-dev redis-server libhiredis-dev prometheus libssl-dev openssl)
+      clang libclang-rt-14-dev redis-server libhiredis-dev prometheus libssl-dev openssl libcurl4-openssl-dev)
 
 install_deps() {
   local missing=() p

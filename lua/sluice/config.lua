@@ -36,6 +36,13 @@ _M.keys = {
   header_timeout = { nonneg, "a number of seconds" },
   watchdog = { nonneg, "a number of seconds (0 = off)" },
   jit = { function(v) return type(v) == "boolean" end, "true or false" },
+  http = { function(v)
+    if type(v) ~= "table" then return false end
+    for k, x in pairs(v) do
+      if (k ~= "max_concurrent" and k ~= "max_per_host") or not whole(x) or x < 1 then return false end
+    end
+    return true
+  end, "a table { max_concurrent = N, max_per_host = N } (whole numbers, 1 or more)" },
   cors = { origins, "an origin string, \"*\", a list of origins, or { origins = ..., credentials = true }" },
   redis = { function(v) return type(v) == "string" and (v:find("^redis://") or v:find("^unix://")) ~= nil end,
     "a redis:// or unix:// URL" },
@@ -60,6 +67,9 @@ function _M.apply(t, set, level)
       -- The JIT is off unless asked for: the watchdog cannot stop a loop it compiled.
       if v then jit.on() else jit.off() end
       set(k, v)
+    elseif k == "http" then
+      if v.max_concurrent then set("http_max_concurrent", v.max_concurrent) end
+      if v.max_per_host then set("http_max_per_host", v.max_per_host) end
     elseif k ~= "cors" then
       set(k, v)
     end

@@ -482,6 +482,9 @@ local crypto = require "sluice.crypto"
 _M.sha256, _M.hmac_sha256, _M.random_bytes = crypto.sha256, crypto.hmac_sha256, crypto.random_bytes
 _M.base64url_encode, _M.base64url_decode = crypto.base64url_encode, crypto.base64url_decode
 _M.jwt = require "sluice.jwt"
+--- Outbound HTTP(S) and Redis commands that suspend only the calling coroutine.
+_M.http = require "sluice.http"
+_M.redis = require "sluice.redis"
 --- sluice.form.decode(body): an application/x-www-form-urlencoded body as a table
 -- (the rules of req.query: + is a space, a repeated key is a list); nil if malformed.
 _M.form = { decode = function(body)

@@ -1,0 +1,475 @@
+/* fetch: see fetch.h.
+ *
+ * libcurl's multi-socket interface tells us which sockets to watch
+ * (on_socket: a uv_poll_t each) and when to call it back for its own timeouts
+ * (on_curl_timer: one uv_timer_t); both hand control back with
+ * curl_multi_socket_action, after which finished transfers are collected
+ * (collect). Callbacks into the caller run only from collect, never from
+ * inside a libcurl callback, so they may start or cancel requests. */
+#include "fetch.h"
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define HOST_BUCKETS 64
+/* A response's header lines are kept up to this (libcurl refuses one line over 100 KiB itself). */
+#define MAX_HEAD (256 * 1024)
+
+typedef struct host_count {
+  struct host_count *next;
+  unsigned n;
+  char name[];
+} host_count;
+
+struct sl_fetch {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t timer;
+  sl_fetch_req *reqs;          /* every request in flight */
+  host_count *hosts[HOST_BUCKETS];
+  unsigned max_concurrent, max_per_host;
+  unsigned closing : 1, collecting : 1;
+  unsigned open_handles;       /* the timer and the polls still to close */
+  struct sock_ctx *socks;      /* every poll handle open */
+  sl_fetch_stats st;
+};
+
+struct sl_fetch_req {
+  sl_fetch *f;
+  CURL *easy;
+  struct curl_slist *headers;
+  sl_fetch_cb cb;
+  void *arg;
+  host_count *host;
+  sl_fetch_req *prev, *next;
+  uint64_t started;
+  size_t max_body;
+  int too_large;
+  char *head, *body;
+  size_t head_len, head_cap, body_len, body_cap;
+  char err[CURL_ERROR_SIZE];
+};
+
+typedef struct sock_ctx {
+  uv_poll_t poll;
+  sl_fetch *f;
+  curl_socket_t fd;
+  struct sock_ctx *prev, *next;
+} sock_ctx;
+
+static void maybe_free(sl_fetch *f) {
+  if (f->closing && f->open_handles == 0) free(f);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  sock_ctx *ctx = h->data;
+  sl_fetch *f = ctx->f;
+  free(ctx);
+  f->open_handles--;
+  maybe_free(f);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  sl_fetch *f = h->data;
+  f->open_handles--;
+  maybe_free(f);
+}
+
+/* ---- hosts: how many requests each has in flight ---- */
+
+static unsigned host_hash(const char *s) {
+  unsigned h = 2166136261u;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h % HOST_BUCKETS;
+}
+
+static host_count *host_get(sl_fetch *f, const char *name) {
+  host_count **b = &f->hosts[host_hash(name)];
+  for (host_count *h = *b; h; h = h->next)
+    if (strcmp(h->name, name) == 0) return h;
+  size_t n = strlen(name);
+  host_count *h = calloc(1, sizeof *h + n + 1);
+  if (!h) return NULL;
+  memcpy(h->name, name, n + 1);
+  h->next = *b;
+  *b = h;
+  return h;
+}
+
+static void host_put(sl_fetch *f, host_count *hc) {
+  if (!hc || --hc->n) return;
+  for (host_count **p = &f->hosts[host_hash(hc->name)]; *p; p = &(*p)->next) {
+    if (*p == hc) {
+      *p = hc->next;
+      free(hc);
+      return;
+    }
+  }
+}
+
+/* ---- the loop's side of libcurl ---- */
+
+static void collect(sl_fetch *f);
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  sock_ctx *ctx = p->data;
+  sl_fetch *f = ctx->f;
+  int flags = 0, running;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  /* ctx may be gone after this: libcurl can remove the socket from inside. */
+  curl_multi_socket_action(f->multi, ctx->fd, flags, &running);
+  collect(f);
+}
+
+static void close_sock(sock_ctx *ctx) {
+  sl_fetch *f = ctx->f;
+  if (ctx->prev) ctx->prev->next = ctx->next;
+  else f->socks = ctx->next;
+  if (ctx->next) ctx->next->prev = ctx->prev;
+  uv_poll_stop(&ctx->poll);
+  uv_close((uv_handle_t *)&ctx->poll, on_poll_closed);
+}
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+  (void)easy;
+  sl_fetch *f = userp;
+  sock_ctx *ctx = socketp;
+  if (what == CURL_POLL_REMOVE) {
+    if (ctx) {
+      close_sock(ctx);
+      curl_multi_assign(f->multi, s, NULL);
+    }
+    return 0;
+  }
+  if (!ctx) {
+    ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return -1;
+    if (uv_poll_init_socket(f->loop, &ctx->poll, s)) {
+      free(ctx);
+      return -1;
+    }
+    ctx->f = f;
+    ctx->fd = s;
+    ctx->poll.data = ctx;
+    ctx->next = f->socks;
+    if (f->socks) f->socks->prev = ctx;
+    f->socks = ctx;
+    f->open_handles++;
+    curl_multi_assign(f->multi, s, ctx);
+  }
+  int ev = 0;
+  if (what & CURL_POLL_IN) ev |= UV_READABLE;
+  if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
+  uv_poll_start(&ctx->poll, ev, on_poll);
+  return 0;
+}
+
+static void on_timeout(uv_timer_t *t) {
+  sl_fetch *f = t->data;
+  int running;
+  curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  collect(f);
+}
+
+static int on_curl_timer(CURLM *multi, long ms, void *userp) {
+  (void)multi;
+  sl_fetch *f = userp;
+  /* Never call back into libcurl from here: a 0 ms timeout runs from the loop. */
+  if (ms < 0) uv_timer_stop(&f->timer);
+  else uv_timer_start(&f->timer, on_timeout, (uint64_t)ms, 0);
+  return 0;
+}
+
+sl_fetch *sl_fetch_new(uv_loop_t *loop) {
+  /* Thread-safe in the libcurl Debian ships (its "threadsafe" feature); the first call sets up TLS. */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
+  sl_fetch *f = calloc(1, sizeof *f);
+  if (!f) return NULL;
+  if (!(f->multi = curl_multi_init())) {
+    free(f);
+    return NULL;
+  }
+  f->loop = loop;
+  f->max_concurrent = 1024;
+  f->max_per_host = 256;
+  uv_timer_init(loop, &f->timer);
+  f->timer.data = f;
+  f->open_handles = 1;
+  curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
+  curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f);
+  /* Several HTTP/2 requests to one host share its connection. */
+  curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+  return f;
+}
+
+void sl_fetch_limits(sl_fetch *f, unsigned max_concurrent, unsigned max_per_host) {
+  f->max_concurrent = max_concurrent;
+  f->max_per_host = max_per_host;
+}
+
+const sl_fetch_stats *sl_fetch_get_stats(const sl_fetch *f) { return &f->st; }
+
+/* ---- one request ---- */
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg) {
+  sl_fetch_req *r = arg;
+  size_t len = size * n;
+  /* Each response (redirects, 100 Continue) starts with its status line: keep the last one's. */
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->head_len = 0;
+  if (r->head_len + len > MAX_HEAD) {
+    r->too_large = 1;
+    return 0;
+  }
+  if (r->head_len + len > r->head_cap) {
+    size_t cap = r->head_cap ? r->head_cap : 1024;
+    while (cap < r->head_len + len) cap *= 2;
+    char *h = realloc(r->head, cap);
+    if (!h) return 0;
+    r->head = h;
+    r->head_cap = cap;
+  }
+  memcpy(r->head + r->head_len, p, len);
+  r->head_len += len;
+  return len;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg) {
+  sl_fetch_req *r = arg;
+  size_t len = size * n;
+  r->f->st.bytes_in += len;
+  if (r->body_len + len > r->max_body) {
+    r->too_large = 1;
+    return 0; /* ends the transfer with CURLE_WRITE_ERROR */
+  }
+  if (r->body_len + len > r->body_cap) {
+    size_t cap = r->body_cap ? r->body_cap : 4096;
+    while (cap < r->body_len + len) cap *= 2;
+    if (cap > r->max_body) cap = r->max_body;
+    char *b = realloc(r->body, cap);
+    if (!b) return 0;
+    r->body = b;
+    r->body_cap = cap;
+  }
+  memcpy(r->body + r->body_len, p, len);
+  r->body_len += len;
+  return len;
+}
+
+static void req_free(sl_fetch_req *r) {
+  curl_easy_cleanup(r->easy);
+  curl_slist_free_all(r->headers);
+  free(r->head);
+  free(r->body);
+  free(r);
+}
+
+/* Takes r out of the transfers in flight (its easy handle leaves the multi). */
+static void unlink_req(sl_fetch_req *r) {
+  sl_fetch *f = r->f;
+  curl_multi_remove_handle(f->multi, r->easy);
+  if (r->prev) r->prev->next = r->next;
+  else f->reqs = r->next;
+  if (r->next) r->next->prev = r->prev;
+  host_put(f, r->host);
+  f->st.in_flight--;
+}
+
+/* The small set of reasons a script sees for a libcurl result. */
+static const char *kind_of(const sl_fetch_req *r, CURLcode code) {
+  if (r->too_large) return "too large";
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return "dns";
+    case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED: return "tls";
+    case CURLE_TOO_MANY_REDIRECTS: return "redirects";
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE: return "closed";
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_UNSUPPORTED_PROTOCOL: return "protocol";
+    default: return "error";
+  }
+}
+
+static void finish(sl_fetch_req *r, CURLcode code, const char *kind) {
+  sl_fetch *f = r->f;
+  unlink_req(r);
+  sl_fetch_res res = {0};
+  long status = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+  res.seconds = (double)(uv_hrtime() - r->started) / 1e9;
+  if (kind || code != CURLE_OK) {
+    res.kind = kind ? kind : kind_of(r, code);
+    res.detail = kind ? kind : r->err[0] ? r->err : curl_easy_strerror(code);
+    if (res.kind[0] == 't' && strcmp(res.kind, "too large") == 0) res.detail = "the response is over max_body";
+    f->st.done[0]++;
+  } else {
+    res.status = (int)status;
+    res.head = r->head;
+    res.head_len = r->head_len;
+    res.body = r->body ? r->body : "";
+    res.body_len = r->body_len;
+    f->st.done[status >= 100 && status < 600 ? status / 100 : 0]++;
+  }
+  r->cb(r->arg, &res);
+  req_free(r);
+}
+
+/* Hands each finished transfer to its caller. */
+static void collect(sl_fetch *f) {
+  if (f->collecting) return; /* a callback that starts a request does not collect again */
+  f->collecting = 1;
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(f->multi, &left)) != NULL) {
+    if (m->msg != CURLMSG_DONE) continue;
+    sl_fetch_req *r;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    finish(r, m->data.result, NULL);
+  }
+  f->collecting = 0;
+}
+
+int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *arg, sl_fetch_req **out) {
+  if (f->closing) return -ECANCELED;
+  CURLU *u = curl_url();
+  if (!u) return -ENOMEM;
+  char *scheme = NULL, *host = NULL;
+  int bad = curl_url_set(u, CURLUPART_URL, o->url, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+            (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0);
+  curl_free(scheme);
+  curl_url_cleanup(u);
+  if (bad) {
+    curl_free(host);
+    return -EINVAL;
+  }
+  if (f->st.in_flight >= f->max_concurrent) {
+    curl_free(host);
+    return -EBUSY;
+  }
+  host_count *hc = host_get(f, host);
+  curl_free(host);
+  if (!hc) return -ENOMEM;
+  hc->n++; /* host_put undoes it on every way out */
+  if (hc->n > f->max_per_host) {
+    host_put(f, hc);
+    return -EAGAIN;
+  }
+  sl_fetch_req *r = calloc(1, sizeof *r);
+  if (!r || !(r->easy = curl_easy_init())) {
+    free(r);
+    host_put(f, hc);
+    return -ENOMEM;
+  }
+  r->f = f;
+  r->cb = cb;
+  r->arg = arg;
+  r->max_body = o->max_body;
+  CURL *e = r->easy;
+  int fail = 0;
+  for (size_t i = 0; i < o->nheaders && !fail; i++) {
+    struct curl_slist *l = curl_slist_append(r->headers, o->headers[i]);
+    if (!l) fail = 1;
+    else r->headers = l;
+  }
+  /* No "Expect: 100-continue" round trip before a body: the answer comes at once. */
+  struct curl_slist *l = fail ? NULL : curl_slist_append(r->headers, "Expect:");
+  if (!l) fail = 1;
+  else r->headers = l;
+  fail = fail || curl_easy_setopt(e, CURLOPT_URL, o->url) != CURLE_OK;
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->err);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
+  if (o->follow > 0) {
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, o->follow);
+  }
+  if (o->insecure) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (o->cainfo) curl_easy_setopt(e, CURLOPT_CAINFO, o->cainfo);
+  if (o->body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
+    fail = fail || curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body) != CURLE_OK;
+    f->st.bytes_out += o->body_len;
+  }
+  if (strcmp(o->method, "HEAD") == 0) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (strcmp(o->method, "GET") != 0 || o->body) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method);
+  if (fail) {
+    host_put(f, hc);
+    req_free(r);
+    return -ENOMEM;
+  }
+  r->host = hc;
+  r->started = uv_hrtime();
+  r->next = f->reqs;
+  if (f->reqs) f->reqs->prev = r;
+  f->reqs = r;
+  f->st.in_flight++;
+  if (curl_multi_add_handle(f->multi, e) != CURLM_OK) {
+    if (r->next) r->next->prev = NULL;
+    f->reqs = r->next;
+    host_put(f, hc);
+    f->st.in_flight--;
+    req_free(r);
+    return -ENOMEM;
+  }
+  if (out) *out = r;
+  return 0;
+}
+
+void sl_fetch_cancel(sl_fetch_req *r) {
+  unlink_req(r);
+  req_free(r);
+}
+
+void sl_fetch_close(sl_fetch *f) {
+  if (!f || f->closing) return;
+  while (f->reqs) finish(f->reqs, CURLE_OK, "cancelled");
+  f->closing = 1;
+  uv_timer_stop(&f->timer);
+  uv_close((uv_handle_t *)&f->timer, on_timer_closed);
+  /* The cached connections close here (libcurl lets go of their sockets);
+   * the polls it did not let go of close after it. */
+  curl_multi_cleanup(f->multi);
+  f->multi = NULL;
+  while (f->socks) close_sock(f->socks);
+}

@@ -1,0 +1,260 @@
+-- Outbound I/O from scripts: sluice.http against real local upstreams (a
+-- gateway of the spec's own, and a TLS server with a CA made here by the
+-- openssl command), and sluice.redis against the spec's own redis-server.
+-- A call suspends only its coroutine: the specs check that a generator goes
+-- on ticking while 200 handlers wait, that a client that leaves cancels its
+-- transfer (the upstream's open connections are counted), and that bad input
+-- is an error naming the script's line.
+local gw = require "gateway"
+local json = require "cjson"
+local socket = require "socket"
+local wait = require "posix.sys.wait"
+local psignal = require "posix.signal"
+
+local APP = "spec/fixtures/outbound_app.lua"
+
+local function number_at(srv, path)
+  local r = srv:request("GET", path)
+  return r and tonumber(r.body)
+end
+
+describe("sluice.http", function()
+  local up, s, tls_pid, chunked_pid, dir
+  setup(function()
+    up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
+    -- a CA and a server certificate for 127.0.0.1, made here
+    dir = gw.tmpname("-tls")
+    assert(os.execute("mkdir -p " .. dir))
+    local sh = table.concat({
+      "cd " .. dir,
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=spec-ca",
+      "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1",
+      "printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf",
+      "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext.cnf",
+    }, " && ") .. " >/dev/null 2>&1"
+    assert(os.execute(sh) == 0, "openssl could not make the certificates")
+    local tls_port = gw.free_port()
+    tls_pid = gw.tool({ "openssl", "s_server", "-accept", "127.0.0.1:" .. tls_port, "-cert", dir .. "/srv.pem",
+      "-key", dir .. "/srv.key", "-www", "-quiet" }, dir .. "/out", dir .. "/err")
+    gw.wait_for(function()
+      local c = socket.tcp()
+      c:settimeout(0.2)
+      local ok = c:connect("127.0.0.1", tls_port)
+      c:close()
+      return ok
+    end, 10, "the TLS upstream")
+    local chunked_port = gw.free_port()
+    chunked_pid = gw.tool({ "python3", "spec/helpers/chunked_upstream.py", tostring(chunked_port) }, dir .. "/c.out",
+      dir .. "/c.err")
+    gw.wait_for(function()
+      local c = socket.tcp()
+      c:settimeout(0.2)
+      local ok = c:connect("127.0.0.1", chunked_port)
+      c:close()
+      return ok
+    end, 10, "the chunked upstream")
+    s = gw.start(APP, { prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port,
+      "CHUNKED=http://127.0.0.1:" .. chunked_port,
+      "TLS_UPSTREAM=https://127.0.0.1:" .. tls_port, "CA=" .. dir .. "/ca.pem" } })
+  end)
+  teardown(function()
+    s:stop()
+    up:stop()
+    for _, pid in ipairs { tls_pid, chunked_pid } do
+      psignal.kill(pid, psignal.SIGKILL)
+      wait.wait(pid)
+    end
+    os.execute("rm -rf " .. dir)
+  end)
+
+  local function get(path)
+    local r = assert(s:request("GET", path))
+    if r.status == 200 then return json.decode(r.body), r end
+    return nil, r
+  end
+
+  it("answers status, headers (lower-case, repeated ones as a list) and body", function()
+    local res = assert(get("/get/hello?who=spec"))
+    assert.equal(200, res.status)
+    assert.equal("hi spec", res.body)
+    assert.equal("1", res.headers["x-a"])
+    assert.same({ "a=1", "b=2" }, res.headers["set-cookie"])
+    assert.equal(404, get("/get/status/404").status)
+    assert.equal(503, get("/get/status/503").status)
+  end)
+
+  it("reads fixed-length and chunked bodies, sends JSON, forms and other methods", function()
+    assert.equal(("x"):rep(100000), get("/get/big/100000").body)
+    assert.equal("hello world", get("/chunked").body)
+    assert.equal("hello world", get("/get/until-close").body)
+    local res = get("/post-json")
+    assert.equal('POST {"a":1}', res.body)
+    assert.equal("application/json", res.headers["x-ct"])
+    res = get("/post-form")
+    assert.equal("POST b=x+y", res.body)
+    assert.equal("application/x-www-form-urlencoded", res.headers["x-ct"])
+    assert.equal("PUT raw", get("/put").body)
+  end)
+
+  it("reuses connections to a host (keep-alive, counted at the upstream)", function()
+    local before = number_at(up, "/accepted")
+    for _ = 1, 5 do assert.equal(200, get("/get/hello").status) end
+    local after = number_at(up, "/accepted")
+    -- five requests through the gateway: at most one new connection (plus the two /accepted asks)
+    assert.is_true(after - before <= 3, ("%d new connections for 5 requests"):format(after - before - 2))
+  end)
+
+  it("ends with 'timeout' on an upstream that never answers, or sends its head and stalls", function()
+    local _, r = get("/get/never?timeout=0.3")
+    assert.equal(502, r.status)
+    assert.matches("^timeout|", r.body)
+    _, r = get("/get/stall?timeout=0.3")
+    assert.matches("^timeout|", r.body)
+  end)
+
+  it("follows redirects only when asked, and only so many", function()
+    assert.equal(302, get("/get/redirect/0").status)
+    local res = get("/get/redirect/2?follow=true")
+    assert.equal(200, res.status)
+    assert.equal("hi there", res.body)
+    local _, r = get("/get/redirect/5?follow=2")
+    assert.matches("^redirects|", r.body)
+  end)
+
+  it("refuses a body over max_body with 'too large'", function()
+    local _, r = get("/get/big/5000?max=1000")
+    assert.matches("^too large|", r.body)
+    assert.equal(1000, #get("/get/big/1000?max=1000").body)
+  end)
+
+  it("verifies TLS against the system CAs: refused without cainfo, accepted with it", function()
+    local _, r = get("/tls")
+    assert.equal(502, r.status)
+    assert.matches("^tls|", r.body)
+    local res = assert(get("/tls?ca=1"))
+    assert.equal(200, res.status)
+    assert.is_truthy(res.body:find("s_server", 1, true) or res.body:find("Ciphers", 1, true))
+    assert.equal(200, get("/tls?insecure=1").status)
+    gw.wait_for(function() return s:logs():find("insecure = true turns TLS verification off", 1, true) end)
+  end)
+
+  it("says 'dns' for a host that does not resolve", function()
+    local _, r = get("/dns")
+    assert.equal(502, r.status)
+    assert.matches("^dns|", r.body)
+  end)
+
+  it("works in generators and timer bodies", function()
+    local c = s:sse("/relay")
+    for i = 1, 3 do assert.equal("hi there " .. i, assert(c:read_event()).data) end
+    c:close()
+    gw.wait_for(function() return s:request("GET", "/timer").body == "hi there" end, 5, "the timer's answer")
+  end)
+
+  it("refuses bad input with an error naming the script's line, and sends nothing", function()
+    local before = number_at(up, "/accepted")
+    for path, line in pairs { ["/bad/scheme"] = 31, ["/bad/url"] = 32, ["/bad/header"] = 33, ["/bad/body"] = 34 } do
+      assert.equal(500, s:request("GET", path).status)
+      gw.wait_for(function() return s:logs():find("outbound_app.lua:" .. line .. ": sluice.http.request: ", 1, true) end,
+        5, path)
+    end
+    assert.equal(before + 1, number_at(up, "/accepted"))
+  end)
+
+  it("cancels the transfer of a client that leaves (the upstream's connection closes)", function()
+    local c = s:connect()
+    c:send("GET /get/never HTTP/1.1\r\nHost: x\r\n\r\n")
+    gw.wait_for(function() return number_at(up, "/open") == 2 end, 5, "the transfer to start")
+    c:close()
+    gw.wait_for(function() return number_at(up, "/open") == 1 end, 5, "the upstream connection to close")
+    gw.wait_for(function() return s:logs():find("GET /get/never 499", 1, true) end, 5, "the access line")
+  end)
+
+  it("counts requests in the metrics", function()
+    local text = s:request("GET", "/metrics").body
+    assert.matches('sluice_http_client_requests_total{code="2xx"} %d+', text)
+    assert.matches("sluice_http_client_in_flight 0", text)
+    assert.matches("sluice_http_client_duration_seconds_count %d+", text)
+  end)
+end)
+
+describe("sluice.http under load", function()
+  it("keeps a generator ticking while 200 handlers wait on a 2-second upstream", function()
+    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
+    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    local waiting = {}
+    for i = 1, 200 do
+      local c = s:connect()
+      c:send("GET /get/slow?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+      waiting[i] = c
+    end
+    local ticks = s:sse("/ticks")
+    -- ten ticks arrive while every one of the 200 still waits for its answer
+    for i = 1, 10 do assert.equal(tostring(i), assert(ticks:read_event()).data) end
+    for _, c in ipairs(waiting) do assert.equal("", c.buf) end
+    for _, c in ipairs(waiting) do
+      local r = assert(c:read_response(30))
+      assert.equal(200, r.status)
+      c:close()
+    end
+    ticks:close()
+    s:stop()
+    up:stop()
+  end)
+
+  it("lets a transfer started before a reload finish in the old state", function()
+    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
+    local src = gw.read_file(APP)
+    local path = gw.write_file(gw.tmpname(".lua"), src)
+    local s = gw.start(path, { prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    local c = s:connect()
+    c:send("GET /get/slow?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    gw.wait_for(function() return number_at(up, "/open") == 2 end, 5, "the transfer to start")
+    s:signal(psignal.SIGHUP)
+    gw.wait_for(function() return s:logs():find("reloaded", 1, true) end, 10, "the reload")
+    local r = assert(c:read_response(30))
+    assert.equal(200, r.status)
+    assert.equal("slow", json.decode(r.body).body)
+    c:close()
+    s:stop()
+    up:stop()
+    os.remove(path)
+  end)
+end)
+
+describe("sluice.redis", function()
+  it("runs commands on the gateway's Redis, many at once, with nil, errors and lists", function()
+    local redis = gw.redis()
+    local s = gw.start(APP, { args = { "--redis", redis.url }, prefix = { "env", "UPSTREAM=http://127.0.0.1:1" } })
+    local r
+    gw.wait_for(function()
+      r = s:request("GET", "/redis")
+      return r and r.status == 200
+    end, 10, "the Redis engine")
+    local v = json.decode(r.body)
+    assert.equal("OK", v.set)
+    assert.equal("42", v.get)
+    assert.equal("42", v.mget[1])
+    assert.is_true(v.null_in_list)
+    assert.equal(5, v.incr)
+    assert.is_true(v.none_is_nil)
+    assert.is_true(v.bad)
+    assert.matches("wrong number of arguments", v.err)
+    assert.equal("50", s:request("GET", "/redis-many").body)
+    assert.equal(500, s:request("GET", "/bad/redis").status)
+    gw.wait_for(function()
+      return s:logs():find("outbound_app.lua:35: sluice.redis.call: argument 2 must be a string or a number", 1, true)
+    end, 5, "the argument error")
+    assert.equal(500, s:request("GET", "/redis-refused").status)
+    gw.wait_for(function() return s:logs():find("BLPOP is not allowed", 1, true) end, 5, "the refusal")
+    s:stop()
+    redis:stop()
+  end)
+
+  it("is a clear error without a Redis", function()
+    local s = gw.start(APP, { prefix = { "env", "UPSTREAM=http://127.0.0.1:1" } })
+    assert.equal(500, s:request("GET", "/redis").status)
+    gw.wait_for(function() return s:logs():find("the gateway has no Redis", 1, true) end, 5, "the error")
+    s:stop()
+  end)
+end)
