@@ -28,6 +28,7 @@ struct sl_fetch {
   CURLM *multi;
   uv_timer_t timer;
   sl_fetch_req *reqs;          /* every request in flight */
+  sl_fetch_req *notify;        /* streams with something new for their callers */
   host_count *hosts[HOST_BUCKETS];
   unsigned max_concurrent, max_per_host;
   unsigned closing : 1, collecting : 1;
@@ -47,6 +48,11 @@ struct sl_fetch_req {
   uint64_t started;
   size_t max_body;
   int too_large;
+  /* streams */
+  size_t hwm;                  /* 0: not a stream */
+  unsigned head_done : 1, paused : 1, ended : 1, notifying : 1, in_flight : 1, follow : 1;
+  const char *end_kind;
+  sl_fetch_req *next_notify;
   char *head, *body;
   size_t head_len, head_cap, body_len, body_cap;
   char err[CURL_ERROR_SIZE];
@@ -217,9 +223,35 @@ const sl_fetch_stats *sl_fetch_get_stats(const sl_fetch *f) { return &f->st; }
 
 /* ---- one request ---- */
 
+/* A stream has news for its caller: told from collect, outside libcurl. */
+static void notify(sl_fetch_req *r) {
+  if (!r->hwm || r->notifying) return;
+  r->notifying = 1;
+  r->next_notify = r->f->notify;
+  r->f->notify = r;
+}
+
+/* Whether a blank line ends the head the caller gets: not a 1xx, and not a
+ * redirect that will be followed. */
+static int final_head(sl_fetch_req *r) {
+  long code = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+  if (code < 200) return 0;
+  if (r->follow && code >= 300 && code < 400) {
+    char *loc = NULL;
+    curl_easy_getinfo(r->easy, CURLINFO_REDIRECT_URL, &loc);
+    if (loc) return 0;
+  }
+  return 1;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   sl_fetch_req *r = arg;
   size_t len = size * n;
+  if (r->hwm && (len == 2 || len == 1) && (p[0] == '\r' || p[0] == '\n') && final_head(r)) {
+    r->head_done = 1;
+    notify(r);
+  }
   /* Each response (redirects, 100 Continue) starts with its status line: keep the last one's. */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->head_len = 0;
   if (r->head_len + len > MAX_HEAD) {
@@ -242,15 +274,22 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg) {
 static size_t on_body(char *p, size_t size, size_t n, void *arg) {
   sl_fetch_req *r = arg;
   size_t len = size * n;
-  r->f->st.bytes_in += len;
-  if (r->body_len + len > r->max_body) {
+  if (r->hwm) {
+    /* A stream holds up to hwm bytes its caller has not taken; then it waits. */
+    if (r->body_len >= r->hwm) {
+      r->paused = 1;
+      return CURL_WRITEFUNC_PAUSE;
+    }
+    r->head_done = 1;
+    notify(r);
+  } else if (r->body_len + len > r->max_body) {
     r->too_large = 1;
     return 0; /* ends the transfer with CURLE_WRITE_ERROR */
   }
   if (r->body_len + len > r->body_cap) {
     size_t cap = r->body_cap ? r->body_cap : 4096;
     while (cap < r->body_len + len) cap *= 2;
-    if (cap > r->max_body) cap = r->max_body;
+    if (!r->hwm && cap > r->max_body) cap = r->max_body;
     char *b = realloc(r->body, cap);
     if (!b) return 0;
     r->body = b;
@@ -258,6 +297,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg) {
   }
   memcpy(r->body + r->body_len, p, len);
   r->body_len += len;
+  r->f->st.bytes_in += len;
   return len;
 }
 
@@ -272,6 +312,16 @@ static void req_free(sl_fetch_req *r) {
 /* Takes r out of the transfers in flight (its easy handle leaves the multi). */
 static void unlink_req(sl_fetch_req *r) {
   sl_fetch *f = r->f;
+  if (!r->in_flight) return;
+  r->in_flight = 0;
+  if (r->notifying) {
+    for (sl_fetch_req **p = &f->notify; *p; p = &(*p)->next_notify)
+      if (*p == r) {
+        *p = r->next_notify;
+        break;
+      }
+    r->notifying = 0;
+  }
   curl_multi_remove_handle(f->multi, r->easy);
   if (r->prev) r->prev->next = r->next;
   else f->reqs = r->next;
@@ -318,6 +368,20 @@ static const char *kind_of(const sl_fetch_req *r, CURLcode code) {
 
 static void finish(sl_fetch_req *r, CURLcode code, const char *kind) {
   sl_fetch *f = r->f;
+  if (r->hwm) {
+    /* A stream stays for its caller to read to the end: it is told. */
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    int failed = kind || code != CURLE_OK;
+    r->end_kind = failed ? (kind ? kind : kind_of(r, code)) : NULL;
+    if (failed && !r->err[0]) snprintf(r->err, sizeof r->err, "%s", kind ? kind : curl_easy_strerror(code));
+    f->st.done[failed ? 0 : status >= 100 && status < 600 ? status / 100 : 0]++;
+    unlink_req(r);
+    r->ended = 1;
+    r->head_done = 1;
+    r->cb(r->arg, NULL);
+    return;
+  }
   unlink_req(r);
   sl_fetch_res res = {0};
   long status = 0;
@@ -340,10 +404,16 @@ static void finish(sl_fetch_req *r, CURLcode code, const char *kind) {
   req_free(r);
 }
 
-/* Hands each finished transfer to its caller. */
+/* Tells streams of their news, then hands each finished transfer to its caller. */
 static void collect(sl_fetch *f) {
   if (f->collecting) return; /* a callback that starts a request does not collect again */
   f->collecting = 1;
+  while (f->notify) {
+    sl_fetch_req *r = f->notify;
+    f->notify = r->next_notify;
+    r->notifying = 0;
+    r->cb(r->arg, NULL);
+  }
   CURLMsg *m;
   int left;
   while ((m = curl_multi_info_read(f->multi, &left)) != NULL) {
@@ -392,6 +462,7 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   r->cb = cb;
   r->arg = arg;
   r->max_body = o->max_body;
+  r->hwm = o->stream_hwm;
   CURL *e = r->easy;
   int fail = 0;
   for (size_t i = 0; i < o->nheaders && !fail; i++) {
@@ -418,6 +489,7 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
   if (o->follow > 0) {
+    r->follow = 1;
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, o->follow);
   }
@@ -444,6 +516,7 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   if (f->reqs) f->reqs->prev = r;
   f->reqs = r;
   f->st.in_flight++;
+  r->in_flight = 1;
   if (curl_multi_add_handle(f->multi, e) != CURLM_OK) {
     if (r->next) r->next->prev = NULL;
     f->reqs = r->next;
@@ -457,6 +530,47 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
 }
 
 void sl_fetch_cancel(sl_fetch_req *r) {
+  unlink_req(r);
+  req_free(r);
+}
+
+int sl_fetch_head(sl_fetch_req *r, sl_fetch_res *res) {
+  if (!r->head_done) return -EAGAIN;
+  memset(res, 0, sizeof *res);
+  long status = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+  res->status = (int)status;
+  res->head = r->head;
+  res->head_len = r->head_len;
+  if (r->ended && r->end_kind && !status) {
+    res->kind = r->end_kind;
+    res->detail = r->err;
+  }
+  return 0;
+}
+
+const char *sl_fetch_peek(sl_fetch_req *r, size_t *len) {
+  *len = r->body_len;
+  return r->body_len ? r->body : NULL;
+}
+
+void sl_fetch_taken(sl_fetch_req *r) {
+  r->body_len = 0;
+  if (r->paused && r->in_flight) {
+    r->paused = 0;
+    /* libcurl delivers what it held back (perhaps at once, into the emptied buffer). */
+    curl_easy_pause(r->easy, CURLPAUSE_CONT);
+  }
+}
+
+int sl_fetch_ended(sl_fetch_req *r, const char **kind, const char **detail) {
+  if (!r->ended) return 0;
+  *kind = r->end_kind;
+  *detail = r->end_kind ? r->err : NULL;
+  return 1;
+}
+
+void sl_fetch_release(sl_fetch_req *r) {
   unlink_req(r);
   req_free(r);
 }

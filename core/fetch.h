@@ -26,6 +26,7 @@ typedef struct sl_fetch_opts {
   long follow;                   /* redirects to follow at most; 0: none */
   int insecure;                  /* no TLS verification */
   const char *cainfo;            /* a CA bundle instead of the system's, or NULL */
+  size_t stream_hwm;             /* > 0: a stream (below); the body bytes held before the transfer pauses */
 } sl_fetch_opts;
 
 /* How a request ended: kind NULL with a response, or one of "timeout",
@@ -63,6 +64,24 @@ void sl_fetch_limits(sl_fetch *f, unsigned max_concurrent, unsigned max_per_host
 int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *arg, sl_fetch_req **out);
 /* Ends a request that has not ended: its connection is dropped, cb never runs. */
 void sl_fetch_cancel(sl_fetch_req *r);
+
+/* Streams (opts.stream_hwm > 0): the body is read as it comes. cb(arg, NULL)
+ * runs, from the loop, each time there is something new to look at (the
+ * head, body bytes, the end); the request stays until sl_fetch_release,
+ * however it ended. Past stream_hwm bytes held the transfer pauses until
+ * they are taken. */
+/* 0 and the head in *res once it is in (status, head; kind set if the
+ * transfer failed first); -EAGAIN before. */
+int sl_fetch_head(sl_fetch_req *r, sl_fetch_res *res);
+/* The body bytes held (*len of them; NULL if none); sl_fetch_taken says they
+ * were copied, which lets a paused transfer go on. */
+const char *sl_fetch_peek(sl_fetch_req *r, size_t *len);
+void sl_fetch_taken(sl_fetch_req *r);
+/* Whether the stream has ended: 0 still running, 1 ended (all bytes
+ * delivered, *kind NULL) or failed (*kind and *detail say why). */
+int sl_fetch_ended(sl_fetch_req *r, const char **kind, const char **detail);
+/* Cancels the stream if it runs and frees it. */
+void sl_fetch_release(sl_fetch_req *r);
 /* Ends every request (cb runs with "cancelled") and closes the handles; the
  * memory goes once they are closed. */
 void sl_fetch_close(sl_fetch *f);

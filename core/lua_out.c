@@ -102,39 +102,25 @@ static int clean(const char *s, size_t n) {
   return 1;
 }
 
-/* http_request(url, method, header_lines, body, timeout, connect_timeout,
- * max_body, follow, insecure, cainfo) -> the await tag (the caller yields it
- * and is resumed with res, or nil, kind, detail); nil, kind, detail when it
- * cannot start; false, why for a bad argument (the library raises it where the
- * script called). Arguments were checked by the library; the bytes that could
- * change the request's meaning are checked again here. */
-static int api_http_request(lua_State *L) {
-  sl_vm *vm = vm_of(L);
-  sl_server *srv = vm->srv;
-  sl_fetch_opts o = {0};
+/* Reads the request's arguments at 1..10 (url, method, header_lines, body,
+ * timeout, connect_timeout, max_body, follow, insecure, cainfo) into o; the
+ * header lines live in a userdata left on the stack. NULL, or why they are
+ * wrong. Arguments were checked by the library; the bytes that could change
+ * the request's meaning are checked again here. */
+static const char *read_opts(lua_State *L, sl_fetch_opts *o) {
   size_t ulen;
-  o.url = luaL_checklstring(L, 1, &ulen);
-  o.method = luaL_checkstring(L, 2);
+  memset(o, 0, sizeof *o);
+  o->url = luaL_checklstring(L, 1, &ulen);
+  o->method = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
-  o.body = luaL_optlstring(L, 4, NULL, &o.body_len);
-  o.timeout_ms = (long)(luaL_optnumber(L, 5, 0) * 1000);
-  o.connect_timeout_ms = (long)(luaL_optnumber(L, 6, 0) * 1000);
-  o.max_body = (size_t)luaL_checknumber(L, 7);
-  o.follow = (long)luaL_optinteger(L, 8, 0);
-  o.insecure = lua_toboolean(L, 9);
-  o.cainfo = luaL_optstring(L, 10, NULL);
-  if (!clean(o.url, ulen) || strlen(o.url) != ulen) {
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, "the URL may not contain CR, LF or NUL");
-    return 2;
-  }
-  int main_thread = lua_pushthread(L);
-  lua_pop(L, 1);
-  if (main_thread || !vm->current) {
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, "it waits for the answer, so it runs in a handler, a generator, a timer or a raw callback");
-    return 2;
-  }
+  o->body = luaL_optlstring(L, 4, NULL, &o->body_len);
+  o->timeout_ms = (long)(luaL_optnumber(L, 5, 0) * 1000);
+  o->connect_timeout_ms = (long)(luaL_optnumber(L, 6, 0) * 1000);
+  o->max_body = (size_t)luaL_checknumber(L, 7);
+  o->follow = (long)luaL_optinteger(L, 8, 0);
+  o->insecure = lua_toboolean(L, 9);
+  o->cainfo = luaL_optstring(L, 10, NULL);
+  if (!clean(o->url, ulen) || strlen(o->url) != ulen) return "the URL may not contain CR, LF or NUL";
   size_t nh = lua_objlen(L, 3);
   const char **lines = lua_newuserdata(L, (nh ? nh : 1) * sizeof *lines); /* freed by the GC: nothing leaks on an error */
   for (size_t i = 0; i < nh; i++) {
@@ -142,14 +128,25 @@ static int api_http_request(lua_State *L) {
     size_t n;
     lines[i] = lua_tolstring(L, -1, &n);
     lua_pop(L, 1); /* the table keeps the string */
-    if (!lines[i] || !clean(lines[i], n)) {
-      lua_pushboolean(L, 0);
-      lua_pushstring(L, "header names and values may not contain CR, LF or NUL");
-      return 2;
-    }
+    if (!lines[i] || !clean(lines[i], n)) return "header names and values may not contain CR, LF or NUL";
   }
-  o.headers = lines;
-  o.nheaders = nh;
+  o->headers = lines;
+  o->nheaders = nh;
+  return NULL;
+}
+
+/* Whether the running coroutine can wait (a task's, not the main thread). */
+static int can_wait(lua_State *L, sl_vm *vm) {
+  int main_thread = lua_pushthread(L);
+  lua_pop(L, 1);
+  return !main_thread && vm->current;
+}
+
+#define CANNOT_WAIT "it waits for the answer, so it runs in a handler, a generator, a timer or a raw callback"
+
+/* Starts o; 0, or the number of values pushed for the caller to return. */
+static int start(lua_State *L, sl_server *srv, const sl_fetch_opts *o, sl_fetch_cb cb, void *arg,
+                 sl_fetch_req **req) {
   if (!srv->fetch && !(srv->fetch = sl_fetch_new(srv->loop))) {
     lua_pushnil(L);
     lua_pushliteral(L, "error");
@@ -157,32 +154,174 @@ static int api_http_request(lua_State *L) {
     return 3;
   }
   sl_fetch_limits(srv->fetch, srv->cfg.http_max_concurrent, srv->cfg.http_max_per_host);
+  int r = sl_fetch_start(srv->fetch, o, cb, arg, req);
+  if (!r) return 0;
+  if (r == -EINVAL) {
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "malformed URL or not http(s): %s", o->url);
+    return 2;
+  }
+  lua_pushnil(L);
+  if (r == -EBUSY || r == -EAGAIN) {
+    lua_pushliteral(L, "busy");
+    lua_pushfstring(L, "%d requests in flight%s (configure { http = { %s } })",
+                    (int)(r == -EBUSY ? srv->cfg.http_max_concurrent : srv->cfg.http_max_per_host),
+                    r == -EBUSY ? "" : " to this host", r == -EBUSY ? "max_concurrent" : "max_per_host");
+  } else {
+    lua_pushliteral(L, "error");
+    lua_pushliteral(L, "out of memory");
+  }
+  return 3;
+}
+
+/* http_request(url, method, header_lines, body, timeout, connect_timeout,
+ * max_body, follow, insecure, cainfo) -> the await tag (the caller yields it
+ * and is resumed with res, or nil, kind, detail); nil, kind, detail when it
+ * cannot start; false, why for a bad argument (the library raises it where the
+ * script called). */
+static int api_http_request(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  sl_fetch_opts o;
+  const char *bad = read_opts(L, &o);
+  if (!bad && !can_wait(L, vm)) bad = CANNOT_WAIT;
+  if (bad) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, bad);
+    return 2;
+  }
   out_wait *w = calloc(1, sizeof *w);
   if (!w) return luaL_error(L, "out of memory");
-  w->srv = srv;
-  int r = sl_fetch_start(srv->fetch, &o, on_fetched, w, &w->req);
-  if (r) {
+  w->srv = vm->srv;
+  int n = start(L, vm->srv, &o, on_fetched, w, &w->req);
+  if (n) {
     free(w);
-    if (r == -EINVAL) {
-      lua_pushboolean(L, 0);
-      lua_pushfstring(L, "malformed URL or not http(s): %s", o.url);
-      return 2;
-    }
-    lua_pushnil(L);
-    if (r == -EBUSY || r == -EAGAIN) {
-      lua_pushliteral(L, "busy");
-      lua_pushfstring(L, "%d requests in flight%s (configure { http = { %s } })",
-                      (int)(r == -EBUSY ? srv->cfg.http_max_concurrent : srv->cfg.http_max_per_host),
-                      r == -EBUSY ? "" : " to this host", r == -EBUSY ? "max_concurrent" : "max_per_host");
-    } else {
-      lua_pushliteral(L, "error");
-      lua_pushliteral(L, "out of memory");
-    }
-    return 3;
+    return n;
   }
   sl_task_current_cancel(vm, (void **)&w->task, cancel_fetch);
   sl_sched_push_tag(vm, L, SL_TAG_AWAIT);
   return 1;
+}
+
+/* ---- streamed responses ---- */
+
+#define SL_STREAM_MT "sluice.http_stream"
+#define STREAM_HWM (64 * 1024) /* body bytes held for a script that does not read before the transfer pauses */
+
+/* A streamed response: the Lua userdata itself, owned by the task that
+ * opened it (the transfer goes when the task ends or the userdata is
+ * collected, whichever is first). */
+typedef struct out_stream {
+  sl_owned own;
+  sl_fetch_req *req;     /* NULL once released */
+  sl_task *waiter;       /* the task waiting for news (the await slot) */
+  sl_vm *vm;
+} out_stream;
+
+static void stream_release(out_stream *s) {
+  if (s->req) sl_fetch_release(s->req);
+  s->req = NULL;
+}
+
+static void on_owner_gone(sl_owned *o) { stream_release((out_stream *)o); }
+
+static void on_stream_news(void *arg, const sl_fetch_res *res) {
+  (void)res;
+  out_stream *s = arg;
+  if (s->waiter) sl_task_poke(s->waiter);
+}
+
+static int stream_gc(lua_State *L) {
+  out_stream *s = luaL_checkudata(L, 1, SL_STREAM_MT);
+  sl_owned_drop(&s->own);
+  if (s->waiter && s->waiter->await_slot == (void **)&s->waiter) s->waiter->await_slot = NULL;
+  s->waiter = NULL;
+  stream_release(s);
+  return 0;
+}
+
+/* http_stream(same arguments as http_request) -> a stream handle; nil, kind,
+ * detail; false, why for a bad argument. It does not wait: http_stream_head does. */
+static int api_http_stream(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  sl_fetch_opts o;
+  const char *bad = read_opts(L, &o);
+  if (!bad && !can_wait(L, vm)) bad = CANNOT_WAIT;
+  if (bad) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, bad);
+    return 2;
+  }
+  o.stream_hwm = STREAM_HWM;
+  out_stream *s = lua_newuserdata(L, sizeof *s);
+  memset(s, 0, sizeof *s);
+  s->vm = vm;
+  s->own.release = on_owner_gone;
+  luaL_getmetatable(L, SL_STREAM_MT);
+  lua_setmetatable(L, -2);
+  int n = start(L, vm->srv, &o, on_stream_news, s, &s->req);
+  if (n) {
+    s->req = NULL;
+    return n;
+  }
+  sl_task_own(vm->current, &s->own);
+  return 1;
+}
+
+/* Has the running task wait for the stream's news: pushes the await tag. */
+static int stream_wait(lua_State *L, out_stream *s) {
+  sl_task_current(s->vm, (void **)&s->waiter);
+  sl_sched_push_tag(s->vm, L, SL_TAG_AWAIT);
+  return 1;
+}
+
+/* http_stream_head(s) -> status, headers; the await tag; nil, kind, detail */
+static int api_http_stream_head(lua_State *L) {
+  out_stream *s = luaL_checkudata(L, 1, SL_STREAM_MT);
+  sl_fetch_res res;
+  if (!s->req) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "cancelled");
+    lua_pushliteral(L, "the stream was closed");
+    return 3;
+  }
+  if (sl_fetch_head(s->req, &res)) return stream_wait(L, s);
+  if (res.kind) {
+    lua_pushnil(L);
+    lua_pushstring(L, res.kind);
+    lua_pushstring(L, res.detail);
+    return 3;
+  }
+  lua_pushinteger(L, res.status);
+  push_head(L, res.head, res.head_len);
+  return 2;
+}
+
+/* http_stream_read(s) -> the next bytes; the await tag; nil at the end; nil, kind, detail */
+static int api_http_stream_read(lua_State *L) {
+  out_stream *s = luaL_checkudata(L, 1, SL_STREAM_MT);
+  if (!s->req) return 0;
+  size_t len;
+  const char *p = sl_fetch_peek(s->req, &len);
+  if (p) {
+    lua_pushlstring(L, p, len);
+    sl_fetch_taken(s->req);
+    return 1;
+  }
+  const char *kind, *detail;
+  if (!sl_fetch_ended(s->req, &kind, &detail)) return stream_wait(L, s);
+  if (!kind) return 0;
+  lua_pushnil(L);
+  lua_pushstring(L, kind);
+  lua_pushstring(L, detail);
+  return 3;
+}
+
+/* http_stream_close(s): ends the transfer now */
+static int api_http_stream_close(lua_State *L) {
+  out_stream *s = luaL_checkudata(L, 1, SL_STREAM_MT);
+  sl_owned_drop(&s->own);
+  stream_release(s);
+  return 0;
 }
 
 /* ---- Redis commands ---- */
@@ -246,11 +385,9 @@ static int api_redis_call(lua_State *L) {
     lua_pushliteral(L, "the gateway has no Redis (start it with --redis URL or configure { redis = URL })");
     return 2;
   }
-  int main_thread = lua_pushthread(L);
-  lua_pop(L, 1);
-  if (main_thread || !vm->current) {
+  if (!can_wait(L, vm)) {
     lua_pushboolean(L, 0);
-    lua_pushstring(L, "it waits for the answer, so it runs in a handler, a generator, a timer or a raw callback");
+    lua_pushstring(L, CANNOT_WAIT);
     return 2;
   }
   const char **argv = lua_newuserdata(L, (size_t)(n ? n : 1) * (sizeof *argv + sizeof(size_t)));
@@ -276,7 +413,18 @@ static int api_redis_call(lua_State *L) {
 }
 
 void sl_out_open(lua_State *L, sl_vm *vm) {
-  static const luaL_Reg fns[] = {{"http_request", api_http_request}, {"redis_call", api_redis_call}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"http_request", api_http_request},
+                                 {"http_stream", api_http_stream},
+                                 {"http_stream_head", api_http_stream_head},
+                                 {"http_stream_read", api_http_stream_read},
+                                 {"http_stream_close", api_http_stream_close},
+                                 {"redis_call", api_redis_call},
+                                 {NULL, NULL}};
+  if (luaL_newmetatable(L, SL_STREAM_MT)) {
+    lua_pushcfunction(L, stream_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   lua_pushlightuserdata(L, vm);
   luaL_setfuncs(L, fns, 1);
 }

@@ -73,6 +73,11 @@ static void task_end(sl_task *t, int ok) {
     *slot = NULL;
     if (cancel) cancel(slot);
   }
+  while (t->owned) {
+    sl_owned *o = t->owned;
+    sl_owned_drop(o);
+    o->release(o);
+  }
   luaL_unref(t->vm->L, LUA_REGISTRYINDEX, t->co_ref);
   t->co = NULL;
   uv_close((uv_handle_t *)&t->timer, on_task_closed);
@@ -182,6 +187,21 @@ sl_task *sl_task_current_cancel(sl_vm *vm, void **slot, void (*cancel)(void **sl
 }
 
 sl_task *sl_task_current(sl_vm *vm, void **slot) { return sl_task_current_cancel(vm, slot, NULL); }
+
+void sl_task_own(sl_task *t, sl_owned *o) {
+  o->next = t->owned;
+  if (o->next) o->next->pprev = &o->next;
+  o->pprev = &t->owned;
+  t->owned = o;
+}
+
+void sl_owned_drop(sl_owned *o) {
+  if (!o->pprev) return;
+  *o->pprev = o->next;
+  if (o->next) o->next->pprev = o->pprev;
+  o->next = NULL;
+  o->pprev = NULL;
+}
 
 void sl_task_wake(sl_task *t, int nargs) {
   t->await_slot = NULL;

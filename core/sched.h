@@ -11,6 +11,13 @@
 struct sl_conn;
 struct sl_vm;
 
+/* Something a task owns that must go when the task ends (an outbound
+ * stream): release runs then, unless it was dropped before. */
+typedef struct sl_owned {
+  struct sl_owned *next, **pprev;
+  void (*release)(struct sl_owned *o);
+} sl_owned;
+
 typedef struct sl_task {
   uv_timer_t timer;          /* wakes a sleep */
   struct sl_vm *vm;
@@ -20,6 +27,7 @@ typedef struct sl_task {
   struct sl_task *prev, *next; /* the VM's task list */
   void **await_slot;         /* where a pending reply (sl_task_current) points at this task */
   void (*await_cancel)(void **slot); /* runs if the task ends while the slot points at it */
+  sl_owned *owned;           /* released when it ends */
   unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1;
 } sl_task;
 
@@ -60,6 +68,9 @@ void sl_task_wake(sl_task *t, int nargs);
 /* Something an awaiting task waits for arrived: it is resumed (with nothing)
  * from the loop soon. A task that is not awaiting is left alone. */
 void sl_task_poke(sl_task *t);
+/* t owns o from now on (o->release set); sl_owned_drop lets go of it. */
+void sl_task_own(sl_task *t, sl_owned *o);
+void sl_owned_drop(sl_owned *o);
 /* The connection left: the coroutine is never resumed again. */
 void sl_task_cancel(sl_task *t);
 /* The connection's queue went below its high-water mark. */

@@ -18,6 +18,12 @@ local function number_at(srv, path)
   return r and tonumber(r.body)
 end
 
+-- Whether the gateway has n outbound requests in flight (its own metrics say).
+local function in_flight(s, n)
+  local r = s:request("GET", "/metrics")
+  return r and r.body:find("\nsluice_http_client_in_flight " .. n .. "\n", 1, true) ~= nil
+end
+
 describe("sluice.http", function()
   local up, s, tls_pid, chunked_pid, dir
   setup(function()
@@ -164,7 +170,7 @@ describe("sluice.http", function()
   it("cancels the transfer of a client that leaves (the upstream's connection closes)", function()
     local c = s:connect()
     c:send("GET /get/never HTTP/1.1\r\nHost: x\r\n\r\n")
-    gw.wait_for(function() return number_at(up, "/open") == 2 end, 5, "the transfer to start")
+    gw.wait_for(function() return in_flight(s, 1) end, 5, "the transfer to start")
     c:close()
     gw.wait_for(function() return number_at(up, "/open") == 1 end, 5, "the upstream connection to close")
     gw.wait_for(function() return s:logs():find("GET /get/never 499", 1, true) end, 5, "the access line")
@@ -209,7 +215,7 @@ describe("sluice.http under load", function()
     local s = gw.start(path, { prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
     local c = s:connect()
     c:send("GET /get/slow?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
-    gw.wait_for(function() return number_at(up, "/open") == 2 end, 5, "the transfer to start")
+    gw.wait_for(function() return in_flight(s, 1) end, 5, "the transfer to start")
     s:signal(psignal.SIGHUP)
     gw.wait_for(function() return s:logs():find("reloaded", 1, true) end, 10, "the reload")
     local r = assert(c:read_response(30))
@@ -256,5 +262,66 @@ describe("sluice.redis", function()
     assert.equal(500, s:request("GET", "/redis").status)
     gw.wait_for(function() return s:logs():find("the gateway has no Redis", 1, true) end, 5, "the error")
     s:stop()
+  end)
+end)
+
+describe("sluice.http streams and the SSE client", function()
+  local up, s
+  setup(function()
+    up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
+    s = gw.start(APP, { prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+  end)
+  teardown(function()
+    s:stop()
+    up:stop()
+  end)
+
+  local function get(path)
+    local r = assert(s:request("GET", path))
+    assert.equal(200, r.status, r.body)
+    return json.decode(r.body)
+  end
+
+  it("reads a body as it comes, in chunks", function()
+    local v = get("/stream-chunks")
+    assert.equal(200, v.status)
+    assert.equal(300000, v.total)
+    assert.is_true(v.parts >= 1)
+    assert.is_nil(v.error)
+  end)
+
+  it("pauses the transfer while the script does not read", function()
+    local v = get("/stream-paused")
+    assert.is_true(v.first > 0)
+    -- the upstream offers 10 MiB; the gateway holds about 64 KiB and stops taking more
+    assert.is_true(v.received < 1024 * 1024, "received " .. v.received .. " bytes while paused")
+  end)
+
+  it("parses events (id, event, data, retry) and ends with the stream", function()
+    local v = get("/relay-events?path=" .. "/sse%3Flast%3D2" .. "&n=10")
+    assert.equal(2, #v.events)
+    assert.same({ id = "1", event = "tick", data = "tick 1", retry = 50 }, v.events[1])
+    assert.equal("2", v.events[2].id)
+  end)
+
+  it("reconnects with Last-Event-ID after the server's retry, losing and repeating nothing", function()
+    local v = get("/relay-events?path=" .. "/sse%3Flast%3D7" .. "&n=7&reconnect=1")
+    assert.equal(7, #v.events)
+    for i, ev in ipairs(v.events) do assert.equal("tick " .. i, ev.data) end
+    v = get("/relay-events?path=/sse&n=3&from=40")
+    assert.equal("tick 41", v.events[1].data)
+  end)
+
+  it("relays an upstream's events in a generator, resuming from the client's Last-Event-ID", function()
+    local c = s:sse("/relay-sse", { ["Last-Event-ID"] = "10" })
+    for i = 11, 13 do
+      local ev = assert(c:read_event())
+      assert.equal("tick " .. i, ev.data)
+      assert.equal(tostring(i), ev.id)
+      assert.equal("tick", ev.event)
+    end
+    c:close()
+    -- the client left: the relay's upstream stream closes too
+    gw.wait_for(function() return number_at(up, "/open") == 1 end, 5, "the upstream stream to close")
   end)
 end)
