@@ -316,11 +316,13 @@ static int api_http_stream_read(lua_State *L) {
   return 3;
 }
 
-/* http_stream_close(s): ends the transfer now */
+/* http_stream_close(s): ends the transfer now; a task that waits on it (from
+ * another coroutine) is woken to find it ended. */
 static int api_http_stream_close(lua_State *L) {
   out_stream *s = luaL_checkudata(L, 1, SL_STREAM_MT);
   sl_owned_drop(&s->own);
   stream_release(s);
+  if (s->waiter) sl_task_poke(s->waiter);
   return 0;
 }
 

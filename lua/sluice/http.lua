@@ -327,6 +327,7 @@ function _M.events(url, opts)
   local function fail(kind, detail)
     if res then res:close() end
     res = nil
+    if it.done then return end -- closed by it:close()
     if opts.reconnect and kind ~= "busy" and kind ~= "too large" then
       require("sluice").sleep(retry_ms / 1000)
       return

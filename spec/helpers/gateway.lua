@@ -155,7 +155,7 @@ function _M.start(script, opts)
   opts = opts or {}
   local path = script
   if opts.source then path = _M.write_file(_M.tmpname(".lua"), script) end
-  local port = _M.free_port()
+  local port = opts.port or _M.free_port()
   local args = { "--listen", "127.0.0.1:" .. port, "--log-level", opts.log_level or "debug" }
   if _M.WORKERS then
     args[#args + 1] = "--workers"

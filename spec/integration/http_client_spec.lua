@@ -31,13 +31,13 @@ describe("sluice.http", function()
     -- a CA and a server certificate for 127.0.0.1, made here
     dir = gw.tmpname("-tls")
     assert(os.execute("mkdir -p " .. dir))
-    local sh = table.concat({
+    local sh = "(" .. table.concat({
       "cd " .. dir,
       "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=spec-ca",
       "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1",
       "printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf",
       "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext.cnf",
-    }, " && ") .. " >/dev/null 2>&1"
+    }, " && ") .. ") >/dev/null 2>&1"
     assert(os.execute(sh) == 0, "openssl could not make the certificates")
     local tls_port = gw.free_port()
     tls_pid = gw.tool({ "openssl", "s_server", "-accept", "127.0.0.1:" .. tls_port, "-cert", dir .. "/srv.pem",
