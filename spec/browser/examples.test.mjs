@@ -27,8 +27,9 @@ function freePort() {
 }
 
 // Starts the gateway on an example; resolves once it logs that it is serving.
-async function gateway(example, env = {}) {
-  const port = await freePort();
+async function gateway(example, env = {}) { return gatewayOn(await freePort(), example, env); }
+
+async function gatewayOn(port, example, env = {}) {
   const proc = spawn(bin, ["--listen", `127.0.0.1:${port}`, join(root, "examples", example)], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "pipe"],
@@ -104,6 +105,29 @@ test("tokens: the answer streams in token by token, then done", async () => {
   assert.match(await text(p, "#status"), /^done: \d+ tokens$/);
   await shot(p, "tokens");
   await p.context().close();
+  assert.equal(await gw.stop(), 0);
+});
+
+test("relay: one page asks, a second watches the same generation, both see the whole answer", async () => {
+  const port = await freePort();
+  const gw = await gatewayOn(port, "relay.lua", { RELAY_SELF: `http://127.0.0.1:${port}` });
+  const a = await page();
+  await a.goto(gw.url("/"));
+  await a.fill("#prompt", "hello from the browser");
+  await a.click("button");
+  await a.waitForSelector("#link a", { timeout: WAIT });
+  const href = await a.locator("#link a").getAttribute("href");
+  const b = await page();
+  await b.goto(gw.url(href));
+  for (const p of [a, b]) {
+    await p.waitForFunction(() => document.getElementById("status").dataset.done === "1", null, { timeout: WAIT });
+    assert.match(await text(p, "#status"), /^done: /);
+    assert.match(await text(p, "#answer"), /^You said: hello from the browser\. Here is a streamed answer/);
+  }
+  assert.equal(await text(a, "#answer"), await text(b, "#answer"));
+  await shot(b, "relay");
+  await a.context().close();
+  await b.context().close();
   assert.equal(await gw.stop(), 0);
 });
 
