@@ -131,6 +131,25 @@ test("relay: one page asks, a second watches the same generation, both see the w
   assert.equal(await gw.stop(), 0);
 });
 
+test("authz: a token the auth service allows reads the channel; one it refuses does not", async () => {
+  const port = await freePort();
+  const gw = await gatewayOn(port, "authz.lua", { AUTHZ_SELF: `http://127.0.0.1:${port}` });
+  const p = await page();
+  await p.goto(gw.url("/"));
+  await p.click("#read button");
+  await p.waitForFunction(() => document.getElementById("status").dataset.state === "open", null, { timeout: WAIT });
+  await p.fill("#text", "from the page");
+  await p.click("#post button");
+  await p.waitForFunction(() => document.querySelector("#events li")?.textContent === "from the page", null, { timeout: WAIT });
+  await shot(p, "authz");
+  await p.fill("#token", "news-only");
+  await p.fill("#channel", "sports");
+  await p.click("#read button");
+  await p.waitForFunction(() => document.getElementById("status").dataset.state === "refused", null, { timeout: WAIT });
+  await p.context().close();
+  assert.equal(await gw.stop(), 0);
+});
+
 test("chat: two pages see each other's messages", async () => {
   const gw = await gateway("chat.lua", { CHAT_TOKEN: "browser-secret" });
   const a = await page(), b = await page();
