@@ -786,7 +786,7 @@ function _M._dispatch(conn, req)
   -- A request the gateway cannot read is answered and its connection closed:
   -- what is pipelined after it may not be what the client meant either.
   if not query then return plain(conn, 400, "Bad Request\n", nil, true) end
-  req.path, req.query, req.raw_path = path, query, req.target
+  req.path, req.query, req.raw_path, req.raw_query = path, query, req.target, req.query_string
   local cookie = req.headers.cookie
   if cookie then req.cookies = router.parse_cookies(cookie) end
   local leid = req.headers["last-event-id"] or query.lastEventId
