@@ -14,6 +14,9 @@
 #include <strings.h>
 
 #define HOST_BUCKETS 64
+/* Easy handles kept for reuse: making one per request is a good part of a
+ * request's cost (curl_easy_reset keeps the caches, the connections are the multi's). */
+#define SPARE_EASY 64
 /* A response's header lines are kept up to this (libcurl refuses one line over 100 KiB itself). */
 #define MAX_HEAD (256 * 1024)
 
@@ -34,6 +37,8 @@ struct sl_fetch {
   unsigned closing : 1, collecting : 1;
   unsigned open_handles;       /* the timer and the polls still to close */
   struct sock_ctx *socks;      /* every poll handle open */
+  CURL *spare[SPARE_EASY];
+  unsigned nspare;
   sl_fetch_stats st;
 };
 
@@ -302,7 +307,13 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg) {
 }
 
 static void req_free(sl_fetch_req *r) {
-  curl_easy_cleanup(r->easy);
+  sl_fetch *f = r->f;
+  if (r->easy && f && !f->closing && f->nspare < SPARE_EASY) {
+    curl_easy_reset(r->easy);
+    f->spare[f->nspare++] = r->easy;
+  } else {
+    curl_easy_cleanup(r->easy);
+  }
   curl_slist_free_all(r->headers);
   free(r->head);
   free(r->body);
@@ -453,7 +464,8 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
     return -EAGAIN;
   }
   sl_fetch_req *r = calloc(1, sizeof *r);
-  if (!r || !(r->easy = curl_easy_init())) {
+  if (r) r->easy = f->nspare ? f->spare[--f->nspare] : curl_easy_init();
+  if (!r || !r->easy) {
     free(r);
     host_put(f, hc);
     return -ENOMEM;
@@ -577,7 +589,13 @@ void sl_fetch_release(sl_fetch_req *r) {
 
 void sl_fetch_close(sl_fetch *f) {
   if (!f || f->closing) return;
-  while (f->reqs) finish(f->reqs, CURLE_OK, "cancelled");
+  while (f->reqs) {
+    sl_fetch_req *r = f->reqs;
+    int stream = r->hwm != 0;
+    finish(r, CURLE_OK, "cancelled");
+    /* A stream stays its caller's, and may be released after the fetcher is gone. */
+    if (stream) r->f = NULL;
+  }
   f->closing = 1;
   uv_timer_stop(&f->timer);
   uv_close((uv_handle_t *)&f->timer, on_timer_closed);
@@ -585,5 +603,6 @@ void sl_fetch_close(sl_fetch *f) {
    * the polls it did not let go of close after it. */
   curl_multi_cleanup(f->multi);
   f->multi = NULL;
+  while (f->nspare) curl_easy_cleanup(f->spare[--f->nspare]);
   while (f->socks) close_sock(f->socks);
 }
