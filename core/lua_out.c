@@ -144,6 +144,20 @@ static int can_wait(lua_State *L, sl_vm *vm) {
 
 #define CANNOT_WAIT "it waits for the answer, so it runs in a handler, a generator, a timer or a raw callback"
 
+/* A misuse the library raises where the script called: pushes false, why. */
+static int misuse(lua_State *L, const char *why) {
+  lua_pushboolean(L, 0);
+  lua_pushstring(L, why);
+  return 2;
+}
+
+/* read_opts, and whether the caller can wait: 0, or misuse's values pushed. */
+static int read_request(lua_State *L, sl_vm *vm, sl_fetch_opts *o) {
+  const char *bad = read_opts(L, o);
+  if (!bad && !can_wait(L, vm)) bad = CANNOT_WAIT;
+  return bad ? misuse(L, bad) : 0;
+}
+
 /* Starts o; 0, or the number of values pushed for the caller to return. */
 static int start(lua_State *L, sl_server *srv, const sl_fetch_opts *o, sl_fetch_cb cb, void *arg,
                  sl_fetch_req **req) {
@@ -156,11 +170,7 @@ static int start(lua_State *L, sl_server *srv, const sl_fetch_opts *o, sl_fetch_
   sl_fetch_limits(srv->fetch, srv->cfg.http_max_concurrent, srv->cfg.http_max_per_host);
   int r = sl_fetch_start(srv->fetch, o, cb, arg, req);
   if (!r) return 0;
-  if (r == -EINVAL) {
-    lua_pushboolean(L, 0);
-    lua_pushfstring(L, "malformed URL or not http(s): %s", o->url);
-    return 2;
-  }
+  if (r == -EINVAL) return misuse(L, lua_pushfstring(L, "malformed URL or not http(s): %s", o->url));
   lua_pushnil(L);
   if (r == -EBUSY || r == -EAGAIN) {
     lua_pushliteral(L, "busy");
@@ -182,17 +192,12 @@ static int start(lua_State *L, sl_server *srv, const sl_fetch_opts *o, sl_fetch_
 static int api_http_request(lua_State *L) {
   sl_vm *vm = vm_of(L);
   sl_fetch_opts o;
-  const char *bad = read_opts(L, &o);
-  if (!bad && !can_wait(L, vm)) bad = CANNOT_WAIT;
-  if (bad) {
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, bad);
-    return 2;
-  }
+  int n = read_request(L, vm, &o);
+  if (n) return n;
   out_wait *w = calloc(1, sizeof *w);
   if (!w) return luaL_error(L, "out of memory");
   w->srv = vm->srv;
-  int n = start(L, vm->srv, &o, on_fetched, w, &w->req);
+  n = start(L, vm->srv, &o, on_fetched, w, &w->req);
   if (n) {
     free(w);
     return n;
@@ -244,13 +249,8 @@ static int stream_gc(lua_State *L) {
 static int api_http_stream(lua_State *L) {
   sl_vm *vm = vm_of(L);
   sl_fetch_opts o;
-  const char *bad = read_opts(L, &o);
-  if (!bad && !can_wait(L, vm)) bad = CANNOT_WAIT;
-  if (bad) {
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, bad);
-    return 2;
-  }
+  int n = read_request(L, vm, &o);
+  if (n) return n;
   o.stream_hwm = STREAM_HWM;
   out_stream *s = lua_newuserdata(L, sizeof *s);
   memset(s, 0, sizeof *s);
@@ -258,7 +258,7 @@ static int api_http_stream(lua_State *L) {
   s->own.release = on_owner_gone;
   luaL_getmetatable(L, SL_STREAM_MT);
   lua_setmetatable(L, -2);
-  int n = start(L, vm->srv, &o, on_stream_news, s, &s->req);
+  n = start(L, vm->srv, &o, on_stream_news, s, &s->req);
   if (n) {
     s->req = NULL;
     return n;
@@ -382,16 +382,8 @@ static int api_redis_call(lua_State *L) {
   sl_server *srv = vm->srv;
   luaL_checktype(L, 1, LUA_TTABLE);
   int n = (int)lua_objlen(L, 1);
-  if (!srv->redis) {
-    lua_pushboolean(L, 0);
-    lua_pushliteral(L, "the gateway has no Redis (start it with --redis URL or configure { redis = URL })");
-    return 2;
-  }
-  if (!can_wait(L, vm)) {
-    lua_pushboolean(L, 0);
-    lua_pushstring(L, CANNOT_WAIT);
-    return 2;
-  }
+  if (!srv->redis) return misuse(L, "the gateway has no Redis (start it with --redis URL or configure { redis = URL })");
+  if (!can_wait(L, vm)) return misuse(L, CANNOT_WAIT);
   const char **argv = lua_newuserdata(L, (size_t)(n ? n : 1) * (sizeof *argv + sizeof(size_t)));
   size_t *lens = (size_t *)(argv + (n ? n : 1));
   for (int i = 0; i < n; i++) {
