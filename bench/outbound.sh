@@ -157,6 +157,12 @@ else
     kill "$pid"
     wait "$pid" 2>/dev/null || true
   }
-  run direct "$BENCH_DIR/apps/pubsub.lua" /run
-  run relay "$BENCH_DIR/apps/proxy.lua" /relay
+  # RELAY_FIRST=1 runs them the other way round (to see what order does)
+  if [ "${RELAY_FIRST:-0}" = 1 ]; then
+    run relay "$BENCH_DIR/apps/proxy.lua" /relay
+    run direct "$BENCH_DIR/apps/pubsub.lua" /run
+  else
+    run direct "$BENCH_DIR/apps/pubsub.lua" /run
+    run relay "$BENCH_DIR/apps/proxy.lua" /relay
+  fi
 fi
