@@ -317,8 +317,20 @@ static int api_now(lua_State *L) {
 /* log(level, message) with level 0..3 */
 static int api_log(lua_State *L) {
   int level = (int)luaL_checkinteger(L, 1);
-  const char *msg = luaL_checkstring(L, 2);
+  size_t len;
+  const char *msg = luaL_checklstring(L, 2, &len);
   if (level < SL_LOG_ERROR || level > SL_LOG_DEBUG) return luaL_error(L, "bad log level");
+  if (memchr(msg, '\0', len)) {
+    /* A NUL would end the line there: it is written as \0. */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < len; i++) {
+      if (msg[i]) luaL_addchar(&b, msg[i]);
+      else luaL_addlstring(&b, "\\0", 2);
+    }
+    luaL_pushresult(&b);
+    msg = lua_tostring(L, -1);
+  }
   sl_log(level, "%s", msg);
   return 0;
 }

@@ -58,7 +58,8 @@ function _M.apply(t, set, level)
     local spec = _M.keys[k]
     if not spec then error("unknown configuration key '" .. tostring(k) .. "'", level) end
     if not spec[1](v) then
-      error("configuration key '" .. k .. "' must be " .. spec[2] .. ", got " .. tostring(v), level)
+      local got = type(v) == "string" and ("the string %q"):format(v) or (type(v) .. " " .. tostring(v))
+      error("configuration key '" .. k .. "' must be " .. spec[2] .. ", got " .. got, level)
     end
   end
   for k, v in pairs(t) do

@@ -602,7 +602,11 @@ function methods.comment(conn, text)
   if text ~= nil and type(text) ~= "string" then error("conn:comment expects a string", 2) end
   return core.comment(conn, text)
 end
-function methods.close(conn) core.close(conn) end
+--- conn:close(): true, or nil, "closed" if it was closed already (as conn:send says).
+function methods.close(conn)
+  if core.close(conn) then return true end
+  return nil, "closed"
+end
 methods.__captures = router.captures -- conn.params, from the route pattern and the target
 --- conn:subscribe(channels) / conn:unsubscribe(channels): changes a live
 -- subscription (added channels get live events from now on, no replay).
@@ -791,6 +795,7 @@ function _M._dispatch(conn, req)
   if cookie then req.cookies = router.parse_cookies(cookie) end
   local leid = req.headers["last-event-id"] or query.lastEventId
   if type(leid) == "table" then leid = leid[#leid] end
+  if leid == "" then leid = nil end -- an empty ?lastEventId= (what templates leave) is no id
   req.last_event_id = leid
 
   local cors

@@ -15,7 +15,7 @@ describe("sluice.config", function()
     local set = function(k, v) got[k] = v end
     assert.has_error(function() config.apply({ nope = 1 }, set) end, "unknown configuration key 'nope'")
     assert.has_error(function() config.apply({ heartbeat = 1, history = "x" }, set) end,
-      "configuration key 'history' must be a whole number of events, got x")
+      "configuration key 'history' must be a whole number of events, got the string \"x\"")
     assert.has_error(function() config.apply({ queue_limit = -1 }, set) end)
     assert.has_error(function() config.apply("x", set) end)
     assert.same({}, got)
@@ -28,7 +28,7 @@ describe("sluice.config", function()
     config.apply({ redis = "unix:///run/redis.sock" }, set)
     assert.equal("unix:///run/redis.sock", got.redis)
     assert.has_error(function() config.apply({ redis = "http://h" }, set) end,
-      "configuration key 'redis' must be a redis:// or unix:// URL, got http://h")
+      "configuration key 'redis' must be a redis:// or unix:// URL, got the string \"http://h\"")
     assert.has_error(function() config.apply({ redis = 6379 }, set) end)
   end)
 
