@@ -5,6 +5,7 @@
  * from inside a publish. The Lua side reads events back out of the frames. */
 #include "listen.h"
 #include <errno.h>
+#include <stddef.h>
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ typedef struct sl_listener {
   unsigned head, len, cap;
   size_t bytes;
   sl_task *waiter;    /* the task waiting for the next event (cleared if it ends) */
+  sl_owned own;       /* owned by the task that made it: its channels go when that task ends */
   uint8_t linked, overflow;
 } sl_listener;
 
@@ -60,8 +62,16 @@ static void unlink_listener(sl_listener *l) {
   sl_hub_unsubscribe(&l->srv->hub, &l->sub);
 }
 
+/* The task that made it ended (its client left): the channels go now, not
+ * when the garbage collector gets to the listener. */
+static void on_owner_gone(sl_owned *o) {
+  sl_listener *l = (sl_listener *)((char *)o - offsetof(sl_listener, own));
+  unlink_listener(l);
+}
+
 static int listener_gc(lua_State *L) {
   sl_listener *l = luaL_checkudata(L, 1, SL_LISTENER_MT);
+  sl_owned_drop(&l->own);
   unlink_listener(l);
   for (unsigned i = 0; i < l->len; i++) sl_buf_unref(l->q[l->head + i]);
   free(l->q);
@@ -135,6 +145,8 @@ static int api_listen(lua_State *L) {
   int r = sl_hub_subscribe(&vm->srv->hub, &l->sub, chans, n, lid, lidlen, (double)uv_hrtime() / 1e9);
   if (r < 0) return luaL_error(L, "out of memory");
   l->linked = 1;
+  l->own.release = on_owner_gone;
+  if (vm->current) sl_task_own(vm->current, &l->own);
   return 1;
 }
 
@@ -159,6 +171,7 @@ static int api_listen_next(lua_State *L) {
     lua_pushliteral(L, "it fell behind: more than queue_limit bytes of events were not read");
     return 2;
   }
+  if (!l->linked) return 0; /* closed, or its task ended: no more events */
   int main_thread = lua_pushthread(L);
   lua_pop(L, 1);
   if (main_thread || !sl_task_current(vm, (void **)&l->waiter))
@@ -170,6 +183,7 @@ static int api_listen_next(lua_State *L) {
 /* close(listener): no more events */
 static int api_listen_close(lua_State *L) {
   sl_listener *l = luaL_checkudata(L, 1, SL_LISTENER_MT);
+  sl_owned_drop(&l->own);
   unlink_listener(l);
   return 0;
 }

@@ -867,6 +867,19 @@ static int data_index(lua_State *L) {
   return 1;
 }
 
+/* copyable(v) -> true, or false and why conn.data could not hold it */
+static int api_copyable(lua_State *L) {
+  luaL_checkany(L, 1);
+  sl_sb sb;
+  char err[160];
+  sl_sb_init(&sb, 64);
+  int r = sl_copy_dump(L, 1, &sb, err, sizeof err);
+  sl_sb_free(&sb);
+  lua_pushboolean(L, r == 0);
+  if (r) lua_pushstring(L, err);
+  return r ? 2 : 1;
+}
+
 static int data_newindex(lua_State *L) {
   sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
   sl_conn *c = sl_server_conn(ud->srv, ud->id);
@@ -1009,7 +1022,8 @@ static int open_core(lua_State *L) {
       {"write", api_write},     {"comment", api_comment}, {"finish", api_finish}, {"close", api_close},
       {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
-      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok}, {"last_event_id", api_last_event_id},
+      {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok},
+      {"copyable", api_copyable}, {"last_event_id", api_last_event_id},
       {"kept", api_kept}, {"topic_matches", api_topic_matches},
       {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},

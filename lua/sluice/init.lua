@@ -146,7 +146,18 @@ local function check_opts(opts, what, allowed, level)
     error("opts.heartbeat must be a number of seconds (0 = off)", level + 1)
   end
   if opts.on_close ~= nil and type(opts.on_close) ~= "function" then error("opts.on_close must be a function", level + 1) end
-  if opts.data ~= nil and type(opts.data) ~= "table" then error("opts.data must be a table", level + 1) end
+  if opts.data ~= nil then
+    -- checked now, while a mistake can still be a 500: the head goes out before conn.data is filled
+    if type(opts.data) ~= "table" then error("opts.data must be a table", level + 1) end
+    for k in pairs(opts.data) do
+      local kt = type(k)
+      if kt ~= "string" and kt ~= "number" and kt ~= "boolean" then
+        error("opts.data keys must be strings, numbers or booleans", level + 1)
+      end
+    end
+    local ok, why = core.copyable(opts.data)
+    if not ok then error("opts.data cannot hold " .. why, level + 1) end
+  end
   if opts.expires_at ~= nil and (type(opts.expires_at) ~= "number" or opts.expires_at ~= opts.expires_at) then
     error("opts.expires_at must be a time in seconds since the epoch", level + 1)
   end
@@ -390,6 +401,7 @@ function _M.listen(channels, opts)
       if ev ~= AWAIT then
         if ev == nil then
           core.listen_close(l)
+          if err == nil then return nil end -- its task ended: the channels are gone
           error("sluice.listen: " .. err, 2)
         end
         return ev

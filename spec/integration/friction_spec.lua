@@ -55,3 +55,41 @@ describe("script authors' friction", function()
     assert.matches('heartbeat\' must be a number of seconds %(0 = off%), got the string "15"', s:request("GET", "/config").body)
   end)
 end)
+
+describe("options checked when they are given", function()
+  it("refuses opts.data that conn.data cannot hold with a 500, before any head goes out", function()
+    local s = gw.start([[
+      local sluice = require "sluice"
+      sluice.get("/bad-data", function() return sluice.subscribe("x", { data = { f = print } }) end)
+      sluice.get("/good-data", function() return sluice.subscribe("x", { data = { nick = "ann", tags = { "a" } } }) end)
+    ]], { source = true })
+    local r = s:request("GET", "/bad-data")
+    assert.equal(500, r.status)
+    gw.wait_for(function() return s:logs():find("opts.data cannot hold", 1, true) end, 5, "the error")
+    local c = s:sse("/good-data")
+    assert.equal(200, c.status)
+    c:close()
+    s:stop()
+  end)
+end)
+
+describe("sluice.listen in a generator", function()
+  it("lets its channels go as soon as the client leaves, not when the garbage collector runs", function()
+    local s = gw.start([[
+      local sluice = require "sluice"
+      collectgarbage("stop") -- only the stream's end may release the listeners
+      sluice.get("/follow", function()
+        return coroutine.wrap(function()
+          for ev in sluice.listen("jobs") do coroutine.yield(ev.data) end
+        end)
+      end)
+      sluice.get("/count", function() return sluice.response(200, tostring(sluice.subscribers("jobs"))) end)
+    ]], { source = true })
+    local cs = {}
+    for i = 1, 20 do cs[i] = s:sse("/follow") end
+    gw.wait_for(function() return s:request("GET", "/count").body == "20" end, 5, "20 listeners")
+    for _, c in ipairs(cs) do c:close() end
+    gw.wait_for(function() return s:request("GET", "/count").body == "0" end, 5, "the listeners to go")
+    s:stop()
+  end)
+end)
