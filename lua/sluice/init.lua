@@ -66,6 +66,11 @@ local function add_route(method, pattern, handler)
   routes:add(method, pattern, handler, 4)
   local r = routes.routes[#routes.routes]
   r.label = r.method .. " " .. r.pattern .. " (" .. where(handler) .. ")"
+  local earlier = routes:shadowed_by()
+  if earlier then
+    core.log(1, "route " .. r.label .. " can never match: " .. (earlier.label or earlier.method .. " " .. earlier.pattern) ..
+      ", declared before it, takes every request it would (the first declared match wins)")
+  end
 end
 
 function _M.route(method, pattern, handler) add_route(method, pattern, handler) end
@@ -497,6 +502,14 @@ _M.jwt = require "sluice.jwt"
 --- Outbound HTTP(S) and Redis commands that suspend only the calling coroutine.
 _M.http = require "sluice.http"
 _M.redis = require "sluice.redis"
+--- sluice.query_value(req, name): one value of a query parameter (the first
+-- given when it is repeated), or nil.
+function _M.query_value(req, name)
+  local v = type(req) == "table" and type(req.query) == "table" and req.query[name]
+  if type(v) == "table" then return v[1] end
+  return v or nil
+end
+
 --- sluice.form.decode(body): an application/x-www-form-urlencoded body as a table
 -- (the rules of req.query: + is a space, a repeated key is a list); nil if malformed.
 _M.form = { decode = function(body)
@@ -795,6 +808,19 @@ local function plain(conn, st, text, headers, close)
   c_respond(conn, st, text, headers, close)
 end
 
+--- A generic-for triple (`return ipairs(list)`, `return pairs(t)`) as a
+-- function iterator: each step's value is an event (the second value when the
+-- iterator gives two, as ipairs and pairs do; else the first).
+local function generic_for(f, state, control)
+  return function()
+    local a, b = f(state, control)
+    if a == nil then return nil end
+    control = a
+    if b ~= nil then return b end
+    return a
+  end
+end
+
 --- Called by the core in a new coroutine for each request.
 function _M._dispatch(conn, req)
   local segs, path = router.split(req.target)
@@ -839,12 +865,13 @@ function _M._dispatch(conn, req)
   -- (`return sluice.response("200")`) leaves no frame of the script behind.
   -- Only the handler runs under xpcall: a stream's long life (deliver) then
   -- keeps a shallow coroutine stack, and its errors carry the script's frames.
-  local ok, res = xpcall(route.handler, error_trace, req)
+  local ok, res, state, control = xpcall(route.handler, error_trace, req)
   if not ok then
     core.log(0, "handler error in route " .. route.label .. ": " .. res)
     core.count_error("handler")
     return core.fail(conn)
   end
+  if type(res) == "function" and state ~= nil then res = generic_for(res, state, control) end
   return deliver(conn, req, res, cors)
 end
 

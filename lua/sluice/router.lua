@@ -119,6 +119,32 @@ function _M.new()
   return setmetatable({ routes = {}, seen = {} }, mt)
 end
 
+--- Whether every path that route segments b match is matched by a too
+-- (a declared before b takes them all).
+local function covers(a, b)
+  for i = 1, #b do
+    local x, y = a[i], b[i]
+    if x == nil then return false end
+    if x.rest then return true end
+    if y.rest then return false end
+    if x.lit and x.lit ~= y.lit then return false end
+  end
+  local x = a[#b + 1]
+  return x == nil or (x.rest and #a == #b + 1) or false
+end
+
+--- The first route declared before the last one that takes every request it
+-- would (so it can never be reached), or nil.
+function _M:shadowed_by()
+  local routes = self.routes
+  local last = routes[#routes]
+  for i = 1, #routes - 1 do
+    local r = routes[i]
+    if (r.method == last.method or r.method == "*") and covers(r.segs, last.segs) then return r end
+  end
+  return nil
+end
+
 --- Adds a route; declaring the same method and pattern twice is an error.
 -- Errors point at the caller's caller `level` - 1 levels up (2, the default: add's caller).
 function _M:add(method, pattern, handler, level)

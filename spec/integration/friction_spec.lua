@@ -93,3 +93,23 @@ describe("sluice.listen in a generator", function()
     s:stop()
   end)
 end)
+
+describe("handlers", function()
+  it("stream a generic-for triple (return ipairs(list)), warn of a route that can never match, give one query value", function()
+    local s = gw.start([[
+      local sluice = require "sluice"
+      sluice.get("/list", function() return ipairs { "a", "b", "c" } end)
+      sluice.get("/users/:id", function() return "id" end)
+      sluice.get("/users/me", function() return "me" end)
+      sluice.get("/q", function(req) return sluice.response(200, tostring(sluice.query_value(req, "k"))) end)
+    ]], { source = true })
+    assert.equal("1", s:request("GET", "/q?k=1&k=2").body)
+    assert.equal("3", s:request("GET", "/q?k=3").body)
+    assert.equal("nil", s:request("GET", "/q").body)
+    local c = s:sse("/list")
+    for _, want in ipairs { "a", "b", "c" } do assert.equal(want, assert(c:read_event()).data) end
+    assert.is_true(c:closed_by_peer())
+    assert.matches("route GET /users/me %(.-%) can never match: GET /users/:id", s:logs())
+    s:stop()
+  end)
+end)

@@ -80,4 +80,22 @@ describe("sluice.router", function()
     local long = "x" .. (" "):rep(8000) .. "y"
     assert.equal(long, router.parse_cookies("a=" .. long .. "   ").a)
   end)
+
+  it("finds a route that an earlier one shadows", function()
+    local function last_shadowed(list)
+      local r = router.new()
+      for _, p in ipairs(list) do r:add(p[1], p[2], function() end) end
+      local e = r:shadowed_by()
+      return e and e.pattern
+    end
+    assert.equal("/users/:id", last_shadowed { { "GET", "/users/:id" }, { "GET", "/users/me" } })
+    assert.equal("/files/*", last_shadowed { { "GET", "/files/*" }, { "GET", "/files/a/b" } })
+    assert.equal("/files/*", last_shadowed { { "GET", "/files/*" }, { "GET", "/files" } })
+    assert.equal("/*", last_shadowed { { "*", "/*" }, { "POST", "/x/:y" } })
+    assert.is_nil(last_shadowed { { "GET", "/users/me" }, { "GET", "/users/:id" } })
+    assert.is_nil(last_shadowed { { "POST", "/users/:id" }, { "GET", "/users/me" } })
+    assert.is_nil(last_shadowed { { "GET", "/a/:b" }, { "GET", "/a/:b/c" } })
+    assert.is_nil(last_shadowed { { "GET", "/a/b" }, { "GET", "/a/*" } })
+    assert.is_nil(last_shadowed { { "GET", "/a/:b" }, { "GET", "/a/*" } })
+  end)
 end)
