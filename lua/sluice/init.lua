@@ -863,8 +863,6 @@ function _M._dispatch(conn, req)
   req.target, req.query_string = nil, nil
   -- Errors name the route and where its handler is: a misuse in a tail call
   -- (`return sluice.response("200")`) leaves no frame of the script behind.
-  -- Only the handler runs under xpcall: a stream's long life (deliver) then
-  -- keeps a shallow coroutine stack, and its errors carry the script's frames.
   local ok, res, state, control = xpcall(route.handler, error_trace, req)
   if not ok then
     core.log(0, "handler error in route " .. route.label .. ": " .. res)
@@ -872,7 +870,16 @@ function _M._dispatch(conn, req)
     return core.fail(conn)
   end
   if type(res) == "function" and state ~= nil then res = generic_for(res, state, control) end
-  return deliver(conn, req, res, cors)
+  -- What the handler returned runs protected too (a generator's errors, a raw
+  -- callback's, a value that is no event): its errors name the route and, with
+  -- their one traceback, the script's line.
+  local done, err = xpcall(deliver, error_trace, conn, req, res, cors)
+  if not done then
+    core.log(0, "handler error in route " .. route.label .. ": " .. err)
+    local mode = conn.mode
+    core.count_error((mode and mode ~= "none") and "generator" or "handler")
+    return core.fail(conn)
+  end
 end
 
 return _M
