@@ -20,3 +20,11 @@ case "$out" in
   *) echo "installed binary did not load the installed library: $out" >&2; exit 1 ;;
 esac
 "$prefix/bin/sluice" --version
+# The testing kit is installed beside the library and finds the installed binary.
+test -f "$prefix/share/sluice/lua/sluice/testing.lua"
+kit_bin=$(cd "$prefix" && env -i PATH=/usr/bin:/bin LUA_PATH="$prefix/share/sluice/lua/?.lua;;" \
+  luajit -e 'io.write(require("sluice.testing").binary())')
+case "$kit_bin" in
+  "$prefix/share/sluice/lua/sluice/../../../../bin/sluice") echo "the testing kit uses $prefix/bin/sluice" ;;
+  *) echo "the testing kit found $kit_bin instead of the installed binary" >&2; exit 1 ;;
+esac
