@@ -3,7 +3,8 @@
 --
 -- POST /jobs?steps=N&delay=S starts a job (answers 202 and its id); the work
 -- runs in a timer body (sluice.after), one step every S seconds, and publishes
--- a "progress" event per step and a "done" event to the channel job-<id>.
+-- a "progress" event per step ({ step, steps, done }; the last has done = true)
+-- to the channel job-<id>.
 -- GET /jobs/:id/events follows a job: the current progress first (a snapshot),
 -- then every step; a reconnect with Last-Event-ID replays what it missed.
 -- GET /jobs/:id/wait answers once the job is done (a long poll: sluice.listen).
