@@ -39,7 +39,7 @@ static void usage(FILE *out) {
           "SIGHUP reloads the script; SIGINT and SIGTERM drain the connections and exit\n"
           "(a second one closes them at once). Exit status: 0 after a signal, 1 when it\n"
           "cannot start (bad option, script that fails to load, address in use), 70 when\n"
-          "the watchdog cannot stop a script's loop (JIT-compiled code).\n");
+          "the watchdog cannot stop a script's loop (JIT-compiled code) or C work.\n");
 }
 
 /* The first line of a message: a start-up error is one line on stderr. */
