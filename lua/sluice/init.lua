@@ -13,6 +13,7 @@ local yield, running, resume, status = coroutine.yield, coroutine.running, corou
 local traceback, concat, lower, find = debug.traceback, table.concat, string.lower, string.find
 local c_send, c_start, c_finish, c_respond = core.send, core.start, core.finish, core.respond
 local SLEEP, WAIT, AWAIT = core.SLEEP, core.WAIT, core.AWAIT
+local FAILED = {} -- what a generator's step gives when the generator raised
 local to_data, Message = event.to_data, event.Message
 local number = require("sluice.text").number
 
@@ -712,7 +713,7 @@ local function stepper(gen)
     return function(...)
       if status(gen) == "dead" then return nil end
       local ok, v, a = resume(gen, ...)
-      if not ok then error(traceback(gen, error_text(v)), 0) end
+      if not ok then return FAILED, traceback(gen, error_text(v)) end
       return v, a
     end
   end
@@ -720,13 +721,23 @@ local function stepper(gen)
     local ok, v, a = xpcall(gen, error_trace, ...)
     if not ok then
       if dead_error(v) then return nil end -- a wrap generator that returned its last value
-      error(v, 0)
+      return FAILED, v
     end
     return v, a
   end
 end
 
-local function run_stream(conn, gen)
+--- Logs an error that belongs to a request, naming its route, and ends the request.
+local function request_failed(conn, label, err, where)
+  core.log(0, "handler error in route " .. (label or "?") .. ": " .. err)
+  core.count_error(where)
+  core.fail(conn)
+end
+
+-- A generator's errors are caught here, not by a protected call around the
+-- stream: the stream's coroutine stays as shallow as it was (a protected call
+-- would cost every generator stream a larger Lua stack).
+local function run_stream(conn, gen, label)
   local step = stepper(gen)
   while true do
     local v, a = step()
@@ -735,6 +746,7 @@ local function run_stream(conn, gen)
       -- scheduler, and what it resumes us with back down
       v, a = step(yield(v, a))
     end
+    if v == FAILED then return request_failed(conn, label, a, "generator") end
     if v == nil then
       if core.log_enabled(3) then core.log(3, "a stream ended: its generator returned or produced nil") end
       break
@@ -754,9 +766,9 @@ function modes.once(conn, req, m, cors)
   c_finish(conn)
 end
 
-function modes.stream(conn, req, m, cors)
+function modes.stream(conn, req, m, cors, label)
   if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors, "stream") then return end
-  run_stream(conn, m.value)
+  run_stream(conn, m.value, label)
 end
 
 function modes.subscribe(conn, req, m, cors)
@@ -792,13 +804,13 @@ local function respond(conn, req, res, cors)
   c_respond(conn, res.status, body, headers)
 end
 
-local function deliver(conn, req, res, cors)
+local function deliver(conn, req, res, cors, label)
   if res == nil then return c_respond(conn, 204, "", cors) end
   local mt = getmetatable(res)
   if mt == Response then return respond(conn, req, res, cors) end
-  if mt == Mode then return modes[res.kind](conn, req, res, cors) end
+  if mt == Mode then return modes[res.kind](conn, req, res, cors, label) end
   local t = type(res)
-  if t == "function" or t == "thread" then return modes.stream(conn, req, { value = res, opts = {} }, cors) end
+  if t == "function" or t == "thread" then return modes.stream(conn, req, { value = res, opts = {} }, cors, label) end
   if mt == Message or to_data(res) then return modes.once(conn, req, { value = res, opts = {} }, cors) end
   error("handler returned " .. (select(2, to_data(res))) .. ", which is neither an event nor a response", 0)
 end
@@ -870,15 +882,18 @@ function _M._dispatch(conn, req)
     return core.fail(conn)
   end
   if type(res) == "function" and state ~= nil then res = generic_for(res, state, control) end
-  -- What the handler returned runs protected too (a generator's errors, a raw
-  -- callback's, a value that is no event): its errors name the route and, with
-  -- their one traceback, the script's line.
-  local done, err = xpcall(deliver, error_trace, conn, req, res, cors)
+  -- What the handler returned runs protected too (a raw callback's errors, a
+  -- value that is no event): its errors name the route and, with their one
+  -- traceback, the script's line. A generator's are caught by run_stream,
+  -- which keeps a stream's coroutine as shallow as it was.
+  local t, mt = type(res), getmetatable(res)
+  if t == "function" or t == "thread" or (mt == Mode and res.kind == "stream") then
+    return deliver(conn, req, res, cors, route.label)
+  end
+  local done, err = xpcall(deliver, error_trace, conn, req, res, cors, route.label)
   if not done then
-    core.log(0, "handler error in route " .. route.label .. ": " .. err)
     local mode = conn.mode
-    core.count_error((mode and mode ~= "none") and "generator" or "handler")
-    return core.fail(conn)
+    return request_failed(conn, route.label, err, (mode and mode ~= "none") and "generator" or "handler")
   end
 end
 
