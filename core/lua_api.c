@@ -475,6 +475,13 @@ static int api_connections(lua_State *L) {
 }
 
 /* conn(id) -> the handle of a live connection, or nil */
+/* token_key() -> the key that signs connection tokens (for the library's sluice.conn) */
+static int api_token_key(lua_State *L) {
+  sl_server *srv = vm_of(L)->srv;
+  lua_pushlstring(L, (const char *)srv->token_key, sizeof srv->token_key);
+  return 1;
+}
+
 static int api_conn(lua_State *L) {
   sl_vm *vm = vm_of(L);
   lua_Number id = luaL_checknumber(L, 1);
@@ -925,6 +932,14 @@ static int conn_index(lua_State *L) {
   const char *k = lua_tostring(L, 2);
   sl_conn *c;
   if (!k) return 0;
+  if (strcmp(k, "token") == 0) {
+    /* methods.__token(id, key), from the Lua library: an unguessable name for URLs */
+    lua_getfield(L, lua_upvalueindex(2), "__token");
+    lua_pushnumber(L, (double)ud->id);
+    lua_pushlstring(L, (const char *)ud->srv->token_key, sizeof ud->srv->token_key);
+    lua_call(L, 2, 1);
+    return 1;
+  }
   if (strcmp(k, "id") == 0) {
     lua_pushnumber(L, (double)ud->id);
     return 1;
@@ -1025,7 +1040,7 @@ static int open_core(lua_State *L) {
       {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok},
       {"copyable", api_copyable}, {"last_event_id", api_last_event_id},
       {"kept", api_kept}, {"topic_matches", api_topic_matches},
-      {"connections", api_connections}, {"conn", api_conn}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
+      {"connections", api_connections}, {"conn", api_conn}, {"token_key", api_token_key}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},
       {"metrics", api_metrics}, {"metrics_text", api_metrics_text}, {"count_error", api_count_error},
       {"stat", api_stat},       {"realpath", api_realpath}, {"read_file", api_read_file}, {NULL, NULL}};

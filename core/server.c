@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/rand.h>
 #include "conn.h"
 #include "io.h"
 #include "log.h"
@@ -59,6 +60,8 @@ static void on_lag(uv_timer_t *t) {
 int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
+  /* The key of connection tokens (conn.token): unguessable, the same for every load of the script. */
+  if (RAND_bytes(srv->token_key, sizeof srv->token_key) != 1) return -1;
   loop->data = srv;
   sl_config_defaults(&srv->cfg);
   srv->grace = SL_GRACE;

@@ -75,6 +75,7 @@ typedef struct sl_server {
   unsigned nconns;
   unsigned peak_conns;     /* the most connections since memory was last trimmed */
   uint64_t next_conn_id;
+  unsigned char token_key[32]; /* signs conn.token (random, per process) */
   uint64_t refused;        /* connections refused over max_connections */
   uint64_t refused_logged; /* how many of them the log has told of (once a second, as a count) */
   char refused_peer[48];   /* the latest one's address */

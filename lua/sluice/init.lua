@@ -443,9 +443,24 @@ function _M.connections(filter)
   return core.connections(filter)
 end
 
---- sluice.conn(id): the handle of a live connection, or nil.
+--- A connection's token: its id and a MAC of it (HMAC-SHA256 with the
+-- gateway's random key, 22 base64url characters): what to put in a URL, where
+-- an id alone could be guessed.
+local function conn_token(id, key)
+  local text = number(id)
+  local c = require "sluice.crypto"
+  return text .. "." .. c.base64url_encode(c.hmac_sha256(key or core.token_key(), text)):sub(1, 22)
+end
+
+--- sluice.conn(id_or_token): the handle of a live connection (by conn.id, or by
+-- conn.token, which cannot be guessed), or nil.
 function _M.conn(id)
-  if type(id) ~= "number" then error("sluice.conn expects a connection id", 2) end
+  if type(id) == "string" then
+    local text = id:match("^(%d+)%.[%w_-]+$")
+    if not text or not core.secure_compare(conn_token(tonumber(text)), id) then return nil end
+    return core.conn(tonumber(text))
+  end
+  if type(id) ~= "number" then error("sluice.conn expects a connection id or token", 2) end
   return core.conn(id)
 end
 
@@ -634,6 +649,7 @@ function methods.close(conn)
   return nil, "closed"
 end
 methods.__captures = router.captures -- conn.params, from the route pattern and the target
+methods.__token = conn_token -- conn.token
 --- conn:subscribe(channels) / conn:unsubscribe(channels): changes a live
 -- subscription (added channels get live events from now on, no replay).
 function methods.subscribe(conn, channels)
