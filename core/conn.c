@@ -838,7 +838,7 @@ static void free_conn(sl_conn *c) {
   free(c->q);
   free(c->in);
   sl_req_free(c->req);
-  free(c->data);
+  if (!c->data_held) free(c->data); /* a holding state let go in its close hooks */
   free(c);
 }
 

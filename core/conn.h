@@ -60,11 +60,14 @@ typedef struct sl_conn {
   int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
   uint32_t data_len;
   const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
-  char *data;                /* conn.data (lcopy bytes of a table), NULL if none */
+  union {
+    char *data;              /* conn.data as lcopy bytes of a table (NULL if none)... */
+    struct sl_vm *data_vm;   /* ...or, with data_held, the Lua state that holds it as a table */
+  };
   uint8_t mode;              /* enum sl_conn_mode, once it streams */
   uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
   uint8_t state;             /* the Lua half's view */
-  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1;
+  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1, data_held : 1;
   /* Handed over with a request: the home writes them while it reads one, the
    * Lua half reads them while it serves it. */
   llhttp_t parser;

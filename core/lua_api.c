@@ -856,22 +856,9 @@ static int timer_active(lua_State *L) {
   return 1;
 }
 
-/* conn.data: a proxy for the table the connection carries in C, which every
- * Lua state sees the same: a field read gives a copy, a field write stores
- * one, and calling it gives a copy of the whole table. */
-#define SL_DATA_MT "sluice.conn.data"
-
-/* Pushes the connection's data table (a fresh copy), or an empty one. */
-static void push_data_table(lua_State *L, sl_conn *c) {
-  if (!c || !c->data || sl_copy_load(L, c->data, c->data_len)) lua_newtable(L);
-}
-
-static int data_index(lua_State *L) {
-  sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
-  push_data_table(L, sl_server_conn(ud->srv, ud->id));
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
-  return 1;
+/* conn.data is a plain table of the state that uses it (lua_vm's sl_vm_data_push). */
+static int gone_data_write(lua_State *L) {
+  return luaL_error(L, "%s", lua_tostring(L, lua_upvalueindex(1)));
 }
 
 /* copyable(v) -> true, or false and why conn.data could not hold it */
@@ -887,41 +874,36 @@ static int api_copyable(lua_State *L) {
   return r ? 2 : 1;
 }
 
-static int data_newindex(lua_State *L) {
-  sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
-  sl_conn *c = sl_server_conn(ud->srv, ud->id);
-  if (!c) return luaL_error(L, "conn.data: the connection is gone");
-  int kt = lua_type(L, 2);
-  if (kt != LUA_TSTRING && kt != LUA_TNUMBER && kt != LUA_TBOOLEAN)
-    return luaL_error(L, "conn.data keys must be strings, numbers or booleans");
-  push_data_table(L, c);
-  lua_pushvalue(L, 2);
-  lua_pushvalue(L, 3);
-  lua_rawset(L, -3);
-  sl_sb sb;
-  char err[160];
-  sl_sb_init(&sb, 64);
-  if (sl_copy_dump(L, -1, &sb, err, sizeof err)) {
-    sl_sb_free(&sb);
-    return luaL_error(L, "conn.data cannot hold %s", err);
-  }
-  char *copy = malloc(sb.b->len);
-  if (!copy) {
-    sl_sb_free(&sb);
-    return luaL_error(L, "out of memory");
-  }
-  memcpy(copy, sb.b->data, sb.b->len);
-  free(c->data);
-  c->data = copy;
-  c->data_len = (uint32_t)sb.b->len;
-  sl_sb_free(&sb);
-  return 0;
+/* A read-only empty table: the data of a connection that is gone. */
+static void push_gone_data(lua_State *L) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "conn.data: the connection is gone");
+  lua_pushcclosure(L, gone_data_write, 1);
+  lua_setfield(L, -2, "__newindex");
+  lua_setmetatable(L, -2);
 }
 
-static int data_call(lua_State *L) {
-  sl_conn_ud *ud = luaL_checkudata(L, 1, SL_DATA_MT);
-  push_data_table(L, sl_server_conn(ud->srv, ud->id));
-  return 1;
+/* conn.data = t: t becomes the connection's data table (nil empties it). */
+static int conn_newindex(lua_State *L) {
+  sl_conn_ud *ud = check_ud(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (!k || strcmp(k, "data") != 0)
+    return luaL_error(L, "conn.%s cannot be set (conn.data is the connection's own table)", k ? k : "?");
+  if (!lua_isnil(L, 3) && !lua_istable(L, 3))
+    return luaL_error(L, "conn.data must be a table or nil, not a %s", luaL_typename(L, 3));
+  sl_conn *c = sl_server_conn(ud->srv, ud->id);
+  if (!c) return luaL_error(L, "conn.data: the connection is gone");
+  if (lua_istable(L, 3)) {
+    sl_sb sb;
+    char err[160];
+    sl_sb_init(&sb, 64);
+    int r = sl_copy_dump(L, 3, &sb, err, sizeof err);
+    sl_sb_free(&sb);
+    if (r) return luaL_error(L, "conn.data cannot hold %s", err);
+  }
+  sl_vm_data_set(vm_of(L), L, 3, c);
+  return 0;
 }
 
 /* The handle's fields: id, closed, replayed, data, route, params, mode, channels;
@@ -956,10 +938,8 @@ static int conn_index(lua_State *L) {
   }
   if (strcmp(k, "data") == 0) {
     /* A closed connection keeps its data until its close hooks have run. */
-    sl_conn_ud *d = lua_newuserdata(L, sizeof *d);
-    *d = *ud;
-    luaL_getmetatable(L, SL_DATA_MT);
-    lua_setmetatable(L, -2);
+    if ((c = sl_server_conn(ud->srv, ud->id))) sl_vm_data_push(vm_of(L), L, c);
+    else push_gone_data(L);
     return 1;
   }
   if (strcmp(k, "route") == 0 || strcmp(k, "params") == 0 || strcmp(k, "mode") == 0 || strcmp(k, "channels") == 0) {
@@ -1078,11 +1058,6 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, SL_HANDLES);
-  static const luaL_Reg data_mt[] = {
-      {"__index", data_index}, {"__newindex", data_newindex}, {"__call", data_call}, {NULL, NULL}};
-  luaL_newmetatable(L, SL_DATA_MT);
-  luaL_setfuncs(L, data_mt, 0);
-  lua_pop(L, 1);
 
   /* The connection handle's metatable; its methods are filled in by the Lua library. */
   lua_newtable(L); /* methods */
@@ -1091,6 +1066,9 @@ static int open_core(lua_State *L) {
   lua_pushvalue(L, -3);
   lua_pushcclosure(L, conn_index, 2);
   lua_setfield(L, -2, "__index");
+  lua_pushlightuserdata(L, vm);
+  lua_pushcclosure(L, conn_newindex, 1);
+  lua_setfield(L, -2, "__newindex");
   lua_pushcfunction(L, conn_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pushliteral(L, "sluice.conn");

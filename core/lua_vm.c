@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "conn.h"
+#include "json.h"
 #include "log.h"
 #include "lcopy.h"
 #include "lua_api.h"
@@ -206,6 +207,118 @@ sl_buf *sl_vm_handover(sl_vm *vm) {
   return b;
 }
 
+/* ---- conn.data ----
+ * A connection's data is a plain table in the state that used it last (held in
+ * its registry by id, the connection marked data_held), so a script changes it
+ * as any table; when another state asks for it, the holder's table is written
+ * back to lcopy bytes and the asking state makes its own table from them. */
+
+#define SL_DATA_LIVE "sluice.data"
+
+/* Pushes L's registry table of the data tables its state holds, by id. */
+static void push_live(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, SL_DATA_LIVE);
+  if (lua_istable(L, -1)) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, SL_DATA_LIVE);
+}
+
+/* The holding state writes c's table back into bytes (and forgets it if forget). */
+static void data_flush(sl_conn *c, int forget) {
+  lua_State *L = c->data_vm->L;
+  c->data_held = 0;
+  c->data = NULL;
+  c->data_len = 0;
+  lua_checkstack(L, 8);
+  push_live(L);
+  lua_pushnumber(L, (double)c->id);
+  lua_rawget(L, -2);
+  sl_sb sb;
+  char err[160];
+  sl_sb_init(&sb, 64);
+  if (lua_istable(L, -1)) {
+    if (sl_copy_dump(L, -1, &sb, err, sizeof err)) {
+      char id[SL_NUMBER_MAX];
+      sl_number_text((double)c->id, id);
+      sl_error("conn.data of connection %s is lost: it came to hold %s", id, err);
+    } else if (!sb.failed && (c->data = malloc(sb.b->len))) {
+      memcpy(c->data, sb.b->data, sb.b->len);
+      c->data_len = (uint32_t)sb.b->len;
+    }
+  }
+  sl_sb_free(&sb);
+  lua_pop(L, 1);
+  if (forget) {
+    lua_pushnumber(L, (double)c->id);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+}
+
+/* c's data is nobody's any more: the holder's table or the bytes are dropped. */
+static void data_drop(sl_conn *c) {
+  if (c->data_held) {
+    lua_State *L = c->data_vm->L;
+    push_live(L);
+    lua_pushnumber(L, (double)c->id);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    c->data_held = 0;
+  } else {
+    free(c->data);
+  }
+  c->data = NULL;
+  c->data_len = 0;
+}
+
+void sl_vm_data_push(sl_vm *vm, lua_State *L, sl_conn *c) {
+  if (c->data_held && c->data_vm != vm) data_flush(c, 1);
+  push_live(L);
+  if (c->data_held) {
+    lua_pushnumber(L, (double)c->id);
+    lua_rawget(L, -2);
+  } else {
+    if (!c->data || sl_copy_load(L, c->data, c->data_len)) lua_newtable(L);
+    free(c->data);
+    c->data_vm = vm;
+    c->data_held = 1;
+    lua_pushnumber(L, (double)c->id);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+void sl_vm_data_set(sl_vm *vm, lua_State *L, int idx, sl_conn *c) {
+  idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+  data_drop(c);
+  if (lua_isnil(L, idx)) return;
+  push_live(L);
+  lua_pushnumber(L, (double)c->id);
+  lua_pushvalue(L, idx);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  c->data_vm = vm;
+  c->data_held = 1;
+}
+
+/* A state about to close writes back every table it holds. */
+static void data_flush_all(sl_vm *vm) {
+  lua_State *L = vm->L;
+  push_live(L);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    sl_conn *c = sl_server_conn(vm->srv, (uint64_t)lua_tonumber(L, -2));
+    lua_pop(L, 1);
+    if (c && c->data_held && c->data_vm == vm) data_flush(c, 0);
+  }
+  lua_pop(L, 1);
+}
+
 void sl_vm_maybe_close(sl_vm *vm) {
   if (!vm->retired || vm->users || vm->tasks || vm->timers) return;
   sl_server *srv = vm->srv;
@@ -219,7 +332,10 @@ void sl_vm_maybe_close(sl_vm *vm) {
 void sl_vm_close(sl_vm *vm) {
   if (!vm) return;
   if (vm->jit) sl_watchdog_jit(-1);
-  if (vm->L) lua_close(vm->L);
+  if (vm->L) {
+    data_flush_all(vm);
+    lua_close(vm->L);
+  }
   sl_buf_unref(vm->handover);
   free(vm->script);
   free(vm);
@@ -416,6 +532,7 @@ void sl_vm_conn_closed(sl_server *srv, sl_conn *c) {
   if (srv->vm && srv->vm != owner && knows(srv->vm, c->id)) gone_in(srv->vm, c);
   for (sl_vm *v = srv->retired; v; v = v->next_retired)
     if (v != owner && knows(v, c->id)) gone_in(v, c);
+  data_drop(c);
   if (owner) sl_vm_conn_release(owner, c);
 }
 

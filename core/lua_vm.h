@@ -69,6 +69,11 @@ void sl_vm_conn_closed(struct sl_server *srv, struct sl_conn *c);
 /* Calls the function under nargs arguments on L's top, protected; logs the error and
  * its traceback under what. Leaves nothing on the stack. 0 or -1. */
 int sl_vm_pcall(lua_State *L, int nargs, const char *what);
+/* Pushes on L (a thread of vm) the table that is c's conn.data in vm, taking it
+ * over from the state that holds it (written back to bytes and read anew). */
+void sl_vm_data_push(sl_vm *vm, lua_State *L, struct sl_conn *c);
+/* Makes the table at idx (or nil: none) c's conn.data, held by vm. */
+void sl_vm_data_set(sl_vm *vm, lua_State *L, int idx, struct sl_conn *c);
 /* Logs msg with the traceback of co. */
 void sl_vm_log_error(lua_State *co, const char *what);
 /* Fills in the server's hooks that the connections call the Lua side through. */

@@ -326,7 +326,7 @@ sluice.get(HUB, function(req)
     expires_at = rights and rights.exp or nil,
     headers = headers,
     data = data,
-    on_close = function(conn) announce(conn.data(), false) end,
+    on_close = function(conn) announce(conn.data, false) end,
   })
 end)
 
@@ -380,7 +380,7 @@ end)
 local function active()
   local out = {}
   for _, conn in ipairs(sluice.connections { route = HUB }) do
-    local data = conn.data()
+    local data = conn.data
     if type(data.subs) == "table" then
       for _, s in ipairs(data.subs) do out[#out + 1] = document(s, data.subscriber, true) end
     end

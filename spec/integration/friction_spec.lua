@@ -174,3 +174,66 @@ describe("connection tokens", function()
     s:stop()
   end)
 end)
+
+describe("conn.data", function()
+  it("is a plain table: replaced whole, iterated, counted, encoded, changed in place, and handed to the next load", function()
+    local psignal = require "posix.signal"
+    local path = gw.write_file(gw.tmpname(".lua"), [[
+local sluice = require "sluice"
+local loads = (sluice.previous_state() or 0) + 1
+sluice.on_reload(function() return loads end)
+sluice.get("/loads", function() return sluice.response(200, tostring(loads)) end)
+sluice.get("/join", function(req)
+  return sluice.raw(function(conn)
+    conn.data = { nick = req.query.nick, tags = {} }
+    conn:send("id " .. conn.id)
+  end)
+end)
+sluice.post("/tag/:id", function(req)
+  local conn = sluice.conn(tonumber(req.params.id))
+  conn.data.tags[#conn.data.tags + 1] = req.body
+  return sluice.response(200, "ok")
+end)
+sluice.get("/show/:id", function(req)
+  local conn = sluice.conn(tonumber(req.params.id))
+  local keys = {}
+  for k in pairs(conn.data) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return sluice.response(200, table.concat(keys, ",") .. " " .. #conn.data.tags .. " "
+    .. table.concat(conn.data.tags, ",") .. " " .. sluice.json.encode(conn.data.nick))
+end)
+sluice.get("/bad/:id", function(req)
+  local conn = sluice.conn(tonumber(req.params.id))
+  local _, e1 = pcall(function() conn.data = 5 end)
+  local _, e2 = pcall(function() conn.data = { f = print } end)
+  local _, e3 = pcall(function() conn.id = 5 end)
+  return sluice.response(200, table.concat({ e1, e2, e3 }, "\n"))
+end)
+sluice.get("/list", function()
+  local n = 0
+  for _, conn in ipairs(sluice.connections { mode = "raw" }) do n = n + #conn.data.tags end
+  return sluice.response(200, tostring(n))
+end)
+]])
+    local s = gw.start(path)
+    local c = s:sse("/join?nick=ann")
+    local id = assert(c:read_event()).data:match("^id (%d+)$")
+    assert.equal("nick,tags 0  \"ann\"", s:request("GET", "/show/" .. id).body)
+    s:request("POST", "/tag/" .. id, "a")
+    s:request("POST", "/tag/" .. id, "b")
+    assert.equal("nick,tags 2 a,b \"ann\"", s:request("GET", "/show/" .. id).body)
+    local bad = s:request("GET", "/bad/" .. id).body
+    assert.matches("conn.data must be a table or nil, not a number", bad, 1, true)
+    assert.matches("conn.data cannot hold a function", bad, 1, true)
+    assert.matches("conn.id cannot be set", bad, 1, true)
+    assert.equal("nick,tags 2 a,b \"ann\"", s:request("GET", "/show/" .. id).body) -- a refused write changes nothing
+    -- the next load of the script finds what the previous one wrote in place, and writes on
+    s:signal(psignal.SIGHUP)
+    gw.wait_for(function() return s:request("GET", "/loads").body == "2" end, 10, "the reload")
+    assert.equal("2", s:request("GET", "/list").body)
+    s:request("POST", "/tag/" .. id, "c")
+    assert.equal("nick,tags 3 a,b,c \"ann\"", s:request("GET", "/show/" .. id).body)
+    c:close()
+    s:stop()
+  end)
+end)
