@@ -17,6 +17,7 @@
 #include "listen.h"
 #include "log.h"
 #include "lua_out.h"
+#include "shared.h"
 #include "lua_vm.h"
 #include "redis.h"
 #include "rproto.h"
@@ -1037,6 +1038,7 @@ static int open_core(lua_State *L) {
   lua_setfield(L, -2, "methods");
   sl_listen_open(L, vm);
   sl_out_open(L, vm);
+  sl_shared_open(L, vm);
   sl_sched_open(vm, L);
   lua_setfield(L, -4, "AWAIT");
   lua_setfield(L, -3, "WAIT");

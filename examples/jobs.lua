@@ -8,72 +8,64 @@
 -- GET /jobs/:id/events follows a job: the current progress first (a snapshot),
 -- then every step; a reconnect with Last-Event-ID replays what it missed.
 -- GET /jobs/:id/wait answers once the job is done (a long poll: sluice.listen).
--- GET /jobs lists the jobs started since the gateway started.
+-- GET /jobs lists the jobs (a finished one for an hour after its end).
 --
 -- Across a reload (SIGHUP, or --watch and an edit): a running job body
 -- finishes in the previous version of the script, still publishing to its
--- channel; the list of jobs and the next id are handed to the new version
--- with sluice.on_reload / sluice.previous_state, and the progress of each job
--- is kept up to date by whichever version its events reach.
+-- channel and writing its progress into sluice.shared("jobs"), a dictionary
+-- the gateway keeps for every version of the script: the new version reads
+-- each step there the moment the old one writes it. (With --redis the
+-- dictionary is per node; the events reach every node.)
 --
 -- Run:   ./build/sluice --watch examples/jobs.lua
 -- Try:   curl -N http://127.0.0.1:8080/jobs/1/events &   curl -X POST 'http://127.0.0.1:8080/jobs?steps=20'
 --        (edit and save this file while it runs: the stream goes on)
 local sluice = require "sluice"
 
-sluice.configure { history = 1000 }
+sluice.configure { history = 1000, shared = { jobs = 4 * 1024 * 1024 } }
 
--- What the previous version handed over, or a fresh start.
-local state = sluice.previous_state() or { next_id = 1, jobs = {} }
-sluice.on_reload(function() return state end)
+-- id -> { step, steps, done, started }, and "#next" the last id given out.
+-- When the dictionary is full, the least recently used jobs are forgotten.
+local jobs = sluice.shared("jobs")
+local KEEP = 3600 -- seconds a finished job stays listed
 
 local function progress(job)
   return sluice.message({ step = job.step, steps = job.steps, done = job.done }, { event = "progress" })
 end
 
--- Keeps a job's progress in this version's table from its own events: a job
--- whose body runs in a previous version still reaches the new one this way.
-local function track(id)
-  sluice.after(0, function()
-    local job = state.jobs[id]
-    for ev in sluice.listen("job-" .. id) do
-      local p = sluice.json.decode(ev.data)
-      if p then job.step, job.done = p.step, p.done end
-      if job.done then return end
-    end
-  end)
-end
-for id, job in pairs(state.jobs) do
-  if not job.done then track(id) end
-end
-
 sluice.post("/jobs", function(req)
   local steps = math.floor(math.max(1, math.min(tonumber(req.query.steps) or 10, 10000)))
   local delay = math.max(0, math.min(tonumber(req.query.delay) or 0.5, 60))
-  local id = tostring(state.next_id)
-  state.next_id = state.next_id + 1
+  local id = string.format("%d", jobs:incr("#next", 1, 0))
   local job = { steps = steps, step = 0, done = false, started = os.time() }
-  state.jobs[id] = job
-  track(id)
+  jobs:set(id, job)
   sluice.after(0, function()
     for step = 1, steps do
       sluice.sleep(delay) -- a slice of real work would go here
-      sluice.publish("job-" .. id, { step = step, steps = steps, done = step == steps }, { event = "progress" })
+      job.step, job.done = step, step == steps
+      jobs:set(id, job, job.done and KEEP or nil)
+      sluice.publish("job-" .. id, { step = step, steps = steps, done = job.done }, { event = "progress" })
     end
   end)
   return sluice.response(202, { id = id }, { Location = "/jobs/" .. id .. "/events" })
 end)
 
-sluice.get("/jobs", function() return sluice.response(200, state.jobs) end)
+sluice.get("/jobs", function()
+  local list = {}
+  for _, id in ipairs(jobs:keys(1000)) do
+    if id ~= "#next" then list[id] = jobs:get(id) end
+  end
+  return sluice.response(200, list)
+end)
 
 sluice.get("/jobs/:id/events", function(req)
-  local job = state.jobs[req.params.id]
+  local job = jobs:get(req.params.id)
   if not job then return sluice.response(404, "no such job\n") end
   return sluice.subscribe("job-" .. req.params.id, { snapshot = progress(job) })
 end)
 
 sluice.get("/jobs/:id/wait", function(req)
-  local job = state.jobs[req.params.id]
+  local job = jobs:get(req.params.id)
   if not job then return sluice.response(404, "no such job\n") end
   local done = job.done
   if not done then

@@ -43,6 +43,13 @@ _M.keys = {
     end
     return true
   end, "a table { max_concurrent = N, max_per_host = N } (whole numbers, 1 or more)" },
+  shared = { function(v)
+    if type(v) ~= "table" then return false end
+    for k, x in pairs(v) do
+      if type(k) ~= "string" or #k == 0 or #k > 255 or not whole(x) or x < 1024 or x > 2 ^ 50 then return false end
+    end
+    return true
+  end, "a table of dictionary names and sizes in bytes ({ sessions = 1048576 }; at least 1024)" },
   cors = { origins, "an origin string, \"*\", a list of origins, or { origins = ..., credentials = true }" },
   redis = { function(v) return type(v) == "string" and (v:find("^redis://") or v:find("^unix://")) ~= nil end,
     "a redis:// or unix:// URL" },
@@ -71,7 +78,7 @@ function _M.apply(t, set, level)
     elseif k == "http" then
       if v.max_concurrent then set("http_max_concurrent", v.max_concurrent) end
       if v.max_per_host then set("http_max_per_host", v.max_per_host) end
-    elseif k ~= "cors" then
+    elseif k ~= "cors" and k ~= "shared" then
       set(k, v)
     end
   end

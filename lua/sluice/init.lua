@@ -82,6 +82,7 @@ end
 
 function _M.configure(t)
   config.apply(t, core.config, 2)
+  for name, size in pairs(type(t) == "table" and t.shared or {}) do core.shared(name, size) end
   if type(t) == "table" and config.cors_reflects_credentials(t.cors) then
     core.log(1, "configure { cors = { origins = \"*\", credentials = true } } answers every origin with credentials: " ..
       "any web page can read this gateway's responses with its visitors' cookies (same-origin protection is off " ..
@@ -520,6 +521,16 @@ _M.http = require "sluice.http"
 _M.redis = require "sluice.redis"
 --- sluice.query_value(req, name): one value of a query parameter (the first
 -- given when it is repeated), or nil.
+--- sluice.shared(name): the dictionary name, kept in the gateway: the same for
+-- every load of the script (sized by configure { shared = { [name] = bytes } }).
+function _M.shared(name)
+  if type(name) ~= "string" or #name == 0 or #name > 255 then
+    error("sluice.shared expects a name (a string of 1 to 255 bytes)", 2)
+  end
+  local sizes = config.values.shared
+  return core.shared(name, sizes and sizes[name])
+end
+
 function _M.query_value(req, name)
   local v = type(req) == "table" and type(req.query) == "table" and req.query[name]
   if type(v) == "table" then return v[1] end

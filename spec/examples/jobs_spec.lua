@@ -16,4 +16,24 @@ describe("examples/jobs.lua", function()
     assert.equal(200, gw:request("GET", "/jobs/" .. id .. "/wait").status)
     gw:stop()
   end)
+
+  it("shows the new version of the script each step a job of the old version takes, at once", function()
+    local gw = testing.start("examples/jobs.lua")
+    local id = json.decode(gw:request("POST", "/jobs?steps=8&delay=0.1").body).id
+    local st = gw:stream("/jobs/" .. id .. "/events")
+    assert.equal(0, json.decode(assert(st:next()).data).step) -- the snapshot
+    gw:reload()
+    -- each step the old version's timer body writes is in the new version's list
+    -- before (or as) its event arrives: nothing waits for a hand-over
+    local p
+    repeat
+      p = json.decode(assert(st:next()).data)
+      local listed = json.decode(gw:request("GET", "/jobs").body)[id]
+      assert.is_true(listed.step >= p.step)
+    until p.done
+    assert.same({ 8, true }, { json.decode(gw:request("GET", "/jobs").body)[id].step, p.done })
+    assert.equal(tostring(tonumber(id) + 1), json.decode(gw:request("POST", "/jobs?steps=1&delay=0").body).id)
+    st:close()
+    gw:stop()
+  end)
 end)
