@@ -174,7 +174,7 @@ static sl_conn *conn_new(sl_server *srv, sl_home *home) {
   if (!c) return NULL;
   c->srv = srv;
   c->home = home;
-  c->id = ++srv->next_conn_id;
+  c->id = sl_server_new_id(srv);
   srv->metrics.accepted++;
   c->next = srv->conns;
   if (srv->conns) srv->conns->prev = c;

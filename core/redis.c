@@ -8,7 +8,7 @@
  * and drops any it has already seen.
  *
  * Keys: sluice:seq (the last seq), sluice:epoch (changes when Redis lost its
- * data), sluice:h:CHANNEL (a stream: entry SEQ-0, field m = the event message,
+ * data), sluice:id-block (the blocks of connection ids the nodes claimed), sluice:h:CHANNEL (a stream: entry SEQ-0, field m = the event message,
  * field i = a caller's id); channel sluice:DB:ev carries live events.
  *
  * After a lost connection the node catches up: once subscribed again it asks
@@ -147,6 +147,7 @@ struct sl_redis {
   int cmd_ok, sub_ok;         /* authenticated; subscribed */
   int up;                     /* both ok: publishes go out */
   int was_up, down_logged, stopping;
+  int claiming;               /* an INCR of sluice:id-block is under way */
   int catching;               /* a catch-up is under way: live events are held */
   rheld *held, **held_tail;
   uint64_t last_seq;          /* the newest event handed to the hub */
@@ -420,6 +421,46 @@ static int hook_replay(sl_server *srv, sl_hub_sub *sub, const char *last_id, siz
 }
 static void hook_replay_cancel(sl_server *srv, sl_hub_sub *sub) { sl_redis_replay_cancel(srv->redis, sub); }
 
+/* ---- connection ids: blocks claimed from a counter every node shares ---- */
+
+static void on_id_block(void *arg, void *reply_) {
+  sl_redis *r = arg;
+  redisReply *reply = reply_;
+  r->claiming = 0;
+  if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer < 1) {
+    if (reply) sl_warn("redis: claiming a block of connection ids failed; ids go on from a random block");
+    return;
+  }
+  uint32_t b = SL_ID_CLAIMED + (uint32_t)((uint64_t)(reply->integer - 1) % SL_ID_CLAIMED);
+  if (r->srv->id_block_drawn) sl_server_id_block(r->srv, b);
+  else r->srv->spare_block = b;
+}
+
+/* Claims a block of ids: to go on with at once while the one in use was drawn
+ * at random, else as the spare for when it runs out. */
+static void claim_ids(sl_redis *r) {
+  sl_server *srv = r->srv;
+  if (r->claiming || !r->up || r->stopping || (!srv->id_block_drawn && srv->spare_block)) return;
+  /* A counter that starts (or, in a Redis that lost its data, starts again)
+   * from Redis's clock in hundredths of a second (2^25 of them: 3.9 days), so
+   * not from blocks that nodes still use unless they claimed over 100 a second. */
+  static const char script[] =
+      "local n = redis.call('INCR', KEYS[1])\n"
+      "if n == 1 then\n"
+      "  local t = redis.call('TIME')\n"
+      "  n = (tonumber(t[1]) * 100 + math.floor(tonumber(t[2]) / 10000)) % 33554432 + 1\n"
+      "  redis.call('SET', KEYS[1], n)\n"
+      "end\n"
+      "return n\n";
+  const char *argv[] = {"EVAL", script, "1", "sluice:id-block"};
+  const size_t lens[] = {4, sizeof script - 1, 1, 15};
+  if (sl_redis_command(r, 4, argv, lens, on_id_block, r) == 0) r->claiming = 1;
+}
+
+static void hook_id_block(sl_server *srv) {
+  if (srv->redis) claim_ids(srv->redis);
+}
+
 int sl_redis_start(sl_server *srv, const char *url, char *err, size_t errlen) {
   sl_redis *r = calloc(1, sizeof *r);
   if (!r || !(r->url = strdup(url))) {
@@ -442,6 +483,7 @@ int sl_redis_start(sl_server *srv, const char *url, char *err, size_t errlen) {
   srv->redis = r;
   srv->hooks.replay = hook_replay;
   srv->hooks.replay_cancel = hook_replay_cancel;
+  srv->hooks.id_block = hook_id_block;
   /* History lives in Redis; the hub numbers nothing itself. */
   srv->hub.history = 0;
   srv->hub.next_seq = 1;
@@ -455,6 +497,7 @@ void sl_redis_stop(sl_redis *r) {
   r->srv->redis = NULL;
   r->srv->hooks.replay = NULL;
   r->srv->hooks.replay_cancel = NULL;
+  r->srv->hooks.id_block = NULL;
   while (r->replays) {
     rreplay *p = r->replays;
     r->replays = p->next;
@@ -559,12 +602,14 @@ static void on_catch_up(redisAsyncContext *ac, void *reply_, void *priv) {
   }
   r->held_tail = &r->held;
   if (!r->was_up || r->down_logged) sl_info("redis: connected to %s", r->url);
+  claim_ids(r);
   r->was_up = 1;
   r->down_logged = 0;
   r->backoff = BACKOFF_MIN_MS;
 }
 
 static void send_replay(sl_redis *r, rreplay *p);
+
 
 /* Connected and subscribed: catch up from history, then go on live. */
 static void catch_up(sl_redis *r) {

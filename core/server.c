@@ -57,11 +57,30 @@ static void on_lag(uv_timer_t *t) {
   srv->lag_due = now + 100000000u;
 }
 
+void sl_server_id_block(sl_server *srv, uint32_t b) {
+  srv->id_block_drawn = b == 0;
+  if (!b) {
+    uint32_t r = 0;
+    RAND_bytes((unsigned char *)&r, sizeof r); /* on failure, block 1: ids are still valid */
+    b = 1 + r % (SL_ID_CLAIMED - 1);
+  }
+  srv->next_conn_id = (uint64_t)b << SL_ID_BLOCK_BITS;
+  srv->id_block_end = ((uint64_t)b + 1) << SL_ID_BLOCK_BITS;
+  srv->spare_block = 0;
+  if (srv->hooks.id_block) srv->hooks.id_block(srv);
+}
+
+uint64_t sl_server_new_id(sl_server *srv) {
+  if (srv->next_conn_id + 1 >= srv->id_block_end) sl_server_id_block(srv, srv->spare_block);
+  return ++srv->next_conn_id;
+}
+
 int sl_server_init(sl_server *srv, uv_loop_t *loop) {
   memset(srv, 0, sizeof *srv);
   srv->loop = loop;
   /* The key of connection tokens (conn.token): unguessable, the same for every load of the script. */
   if (RAND_bytes(srv->token_key, sizeof srv->token_key) != 1) return -1;
+  sl_server_id_block(srv, 0);
   loop->data = srv;
   sl_config_defaults(&srv->cfg);
   srv->grace = SL_GRACE;

@@ -33,6 +33,7 @@ typedef struct sl_hooks {
   void (*stop)(struct sl_server *srv);   /* shutting down: timers, watchers, the engine */
   void (*drain_done)(struct sl_server *srv); /* every connection is gone: outbound transfers end */
   void (*trim)(struct sl_server *srv);   /* a crowd left: give memory back */
+  void (*id_block)(struct sl_server *srv); /* a block of ids was taken into use: claim a spare one */
 } sl_hooks;
 
 /* A span in seconds as loop milliseconds, rounded: 0 for zero, negatives and
@@ -74,7 +75,10 @@ typedef struct sl_server {
   struct sl_conn *conns;   /* every live connection, for shutdown */
   unsigned nconns;
   unsigned peak_conns;     /* the most connections since memory was last trimmed */
-  uint64_t next_conn_id;
+  uint64_t next_conn_id;   /* the last id given (sl_server_new_id) */
+  uint64_t id_block_end;   /* the first id past its block */
+  uint32_t spare_block;    /* the block to go on with, 0 if none is claimed yet */
+  int id_block_drawn;      /* the block in use was drawn at random (no claim from the engine yet) */
   unsigned char token_key[32]; /* signs conn.token (random, per process) */
   uint64_t refused;        /* connections refused over max_connections */
   uint64_t refused_logged; /* how many of them the log has told of (once a second, as a count) */
@@ -123,6 +127,16 @@ void sl_server_stop(sl_server *srv);
 int sl_server_track(sl_server *srv, struct sl_conn *c);
 void sl_server_untrack(sl_server *srv, struct sl_conn *c);
 struct sl_conn *sl_server_conn(sl_server *srv, uint64_t id);
+/* Connection ids: blocks of 2^20 ids; block b gives b * 2^20 + 1 onwards. The
+ * engine (Redis) claims blocks from 2^25 up from a counter all nodes share;
+ * blocks below 2^25 are drawn at random (no engine, or before it answers).
+ * Every id stays below 2^46, exact as a Lua number and printed whole. */
+#define SL_ID_BLOCK_BITS 20
+#define SL_ID_CLAIMED 0x2000000u /* the first block the engine hands out; 2^25 of them */
+/* The next connection id. */
+uint64_t sl_server_new_id(sl_server *srv);
+/* Goes on from block b at once (0: one drawn at random), and asks for a spare. */
+void sl_server_id_block(sl_server *srv, uint32_t b);
 /* s kept once for the server's life (route patterns: few); NULL if out of memory. */
 const char *sl_server_intern(sl_server *srv, const char *s);
 

@@ -237,3 +237,24 @@ end)
     s:stop()
   end)
 end)
+
+describe("connection ids", function()
+  it("start from a block drawn at random, so a restart does not give the same ids again", function()
+    local APP = [[
+      local sluice = require "sluice"
+      sluice.get("/id", function() return sluice.raw(function(conn) conn:send(tostring(conn.id)) conn:close() end) end)
+    ]]
+    local function first_id()
+      local s = gw.start(APP, { source = true })
+      local c = s:sse("/id")
+      local text = assert(c:read_event()).data
+      c:close()
+      s:stop()
+      assert.matches("^%d+$", text) -- printed whole
+      return tonumber(text)
+    end
+    local a, b = first_id(), first_id()
+    assert.is_true(a < 2 ^ 45 and b < 2 ^ 45) -- blocks below 2^25 are the drawn ones
+    assert.are_not.equal(math.floor(a / 2 ^ 20), math.floor(b / 2 ^ 20))
+  end)
+end)

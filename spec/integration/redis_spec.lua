@@ -301,6 +301,29 @@ describe("redis engine", function()
     slow:close(); fast:close()
   end)
 
+  it("gives connection ids no other node gives, from blocks of ids claimed in Redis", function()
+    local BLOCK, CLAIMED = 2 ^ 20, 2 ^ 25 * 2 ^ 20
+    local function id_of(n)
+      local s = n:sse("/id")
+      local ev = assert(s:read_event(5))
+      s:close()
+      return ev.data
+    end
+    local blocks = {}
+    for _, n in ipairs { a, b, c } do
+      local text
+      gw.wait_for(function() text = id_of(n) return tonumber(text) >= CLAIMED end, 5, "an id from a claimed block")
+      local id = tonumber(text)
+      assert.matches("^%d+$", text) -- printed whole: below 2^46
+      assert.is_true(id < 2 ^ 46)
+      local block = math.floor(id / BLOCK)
+      assert.is_nil(blocks[block], "two nodes in one block")
+      blocks[block] = true
+    end
+    -- the counter the nodes claim from (set when Redis was started, from its clock)
+    assert.matches("^:%d+$", redis:command("INCRBY", "sluice:id-block", "0"))
+  end)
+
   it("starts and serves with Redis unreachable, and says so in stats", function()
     local port = gw.free_port()
     local n = start_node("redis://127.0.0.1:" .. port)
