@@ -185,10 +185,11 @@ Gateway.__index = Gateway
 --- testing.start(script, opts) starts the gateway on script (a path) and waits
 -- until it serves. opts: args (more command-line options, such as
 -- { "--workers", "2" } or { "--redis", url }), env (variables for the script),
--- timeout (seconds for each wait; 5), log_level ("info").
+-- timeout (seconds for each wait; 5), log_level ("info"), port (a free one by
+-- default: testing.free_port(), for a script that must know its own address).
 function _M.start(script, opts)
   opts = opts or {}
-  local self = setmetatable({ script = script, timeout = opts.timeout or 5, port = _M.free_port() }, Gateway)
+  local self = setmetatable({ script = script, timeout = opts.timeout or 5, port = opts.port or _M.free_port() }, Gateway)
   self.url = "http://127.0.0.1:" .. self.port
   self.log_path = os.tmpname()
   local argv = { "--listen", "127.0.0.1:" .. self.port, "--log-level", opts.log_level or "info" }
