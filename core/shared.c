@@ -204,6 +204,14 @@ static uint64_t check_ttl(lua_State *L, int idx) {
   return t > 0 && ms == 0 ? 1 : ms;
 }
 
+/* The dictionary (argument 1) and the live entry of the key (argument 2), or NULL. */
+static shent *lookup(lua_State *L, sl_shdict **dp, const char **kp, size_t *klen) {
+  sl_shdict *d = *dp = check_dict(L);
+  const char *k = check_key(L, 2, klen);
+  if (kp) *kp = k;
+  return find(d, k, *klen, hash_of(d->seed, k, *klen));
+}
+
 static int push_fail(lua_State *L, const char *why) {
   lua_pushnil(L);
   lua_pushstring(L, why);
@@ -253,10 +261,9 @@ static int dict_add(lua_State *L) { return store_from_lua(L, STORE_ADD); }
 static int dict_replace(lua_State *L) { return store_from_lua(L, STORE_REPLACE); }
 
 static int dict_get(lua_State *L) {
-  sl_shdict *d = check_dict(L);
+  sl_shdict *d;
   size_t klen;
-  const char *k = check_key(L, 2, &klen);
-  shent *e = find(d, k, klen, hash_of(d->seed, k, klen));
+  shent *e = lookup(L, &d, NULL, &klen);
   if (!e) {
     lua_pushnil(L);
     return 1;
@@ -269,11 +276,11 @@ static int dict_get(lua_State *L) {
 
 /* incr(key, by, init, init_ttl) -> the new number, or nil and "not found" / "not a number" */
 static int dict_incr(lua_State *L) {
-  sl_shdict *d = check_dict(L);
+  sl_shdict *d;
+  const char *k;
   size_t klen;
-  const char *k = check_key(L, 2, &klen);
+  shent *e = lookup(L, &d, &k, &klen);
   double by = luaL_optnumber(L, 3, 1);
-  shent *e = find(d, k, klen, hash_of(d->seed, k, klen));
   if (!e) {
     if (lua_isnoneornil(L, 4)) return push_fail(L, "not found");
     char v[1 + sizeof(double)];
@@ -299,20 +306,18 @@ static int dict_incr(lua_State *L) {
 }
 
 static int dict_delete(lua_State *L) {
-  sl_shdict *d = check_dict(L);
+  sl_shdict *d;
   size_t klen;
-  const char *k = check_key(L, 2, &klen);
-  shent *e = find(d, k, klen, hash_of(d->seed, k, klen));
+  shent *e = lookup(L, &d, NULL, &klen);
   if (e) drop(d, e);
   return 0;
 }
 
 /* ttl(key) -> seconds left (0 = never expires), or nil and "not found" */
 static int dict_ttl(lua_State *L) {
-  sl_shdict *d = check_dict(L);
+  sl_shdict *d;
   size_t klen;
-  const char *k = check_key(L, 2, &klen);
-  shent *e = find(d, k, klen, hash_of(d->seed, k, klen));
+  shent *e = lookup(L, &d, NULL, &klen);
   if (!e) return push_fail(L, "not found");
   lua_pushnumber(L, e->expires ? (double)(e->expires - now_ms(d)) / 1000 : 0);
   return 1;
@@ -320,11 +325,10 @@ static int dict_ttl(lua_State *L) {
 
 /* expire(key, ttl) -> true, or nil and "not found" */
 static int dict_expire(lua_State *L) {
-  sl_shdict *d = check_dict(L);
+  sl_shdict *d;
   size_t klen;
-  const char *k = check_key(L, 2, &klen);
+  shent *e = lookup(L, &d, NULL, &klen);
   uint64_t ttl = check_ttl(L, 3);
-  shent *e = find(d, k, klen, hash_of(d->seed, k, klen));
   if (!e) return push_fail(L, "not found");
   e->expires = ttl ? now_ms(d) + ttl : 0;
   lua_pushboolean(L, 1);
