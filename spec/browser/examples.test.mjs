@@ -234,6 +234,9 @@ test("mercure: the page subscribes and publishes; private updates reach only the
   await authed.check("#private");
   await authed.click("#publish button");
   await has(authed, "for token holders");
+  // the hub answers the update's id: a urn:uuid: UUIDv7
+  await authed.waitForFunction(() => /^published urn:uuid:[0-9a-f-]{8}-[0-9a-f-]{4}-7/.test(document.getElementById("published").textContent),
+    null, { timeout: WAIT });
   await anon.fill("#data", "for everyone");
   await anon.click("#publish button");
   await has(anon, "for everyone");
