@@ -539,16 +539,23 @@ int sl_hub_publish(sl_hub *hub, const sl_hub_str *chans, int n, const char *data
   return 0;
 }
 
-/* The sequence number after which a subscriber with last_id should be replayed. */
+/* The sequence number after which a subscriber with last_id should be replayed:
+ * an id that several kept events share names the earliest of them, so what
+ * came after it is not lost. */
 static uint64_t replay_after(sl_hub *hub, sl_hub_chan **cs, int n, const char *last_id, size_t lidlen) {
+  uint64_t found = 0;
   for (int i = 0; i < n; i++) {
     sl_hub_chan *c = cs[i];
     if (!c) continue;
-    for (unsigned k = c->count; k-- > 0;) {
+    for (unsigned k = 0; k < c->count; k++) {
       sl_hub_event *e = c->ring[(c->head + k) % c->cap];
-      if (e->idlen == lidlen && memcmp(e->id, last_id, lidlen) == 0) return e->seq;
+      if (e->idlen == lidlen && memcmp(e->id, last_id, lidlen) == 0) {
+        if (!found || e->seq < found) found = e->seq;
+        break;
+      }
     }
   }
+  if (found) return found;
   /* Not kept: a hub id that has left history means "everything kept after it". */
   char buf[24];
   if (lidlen > 0 && lidlen < sizeof buf) {

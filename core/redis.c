@@ -83,7 +83,8 @@ static const char KEPT_LUA[] =
 
 /* ARGV: mode ('id': replay after a Last-Event-ID, 'seq': after a seq), the id
  * or seq, history_ttl, a fresh epoch. Returns { seq now, epoch, messages... }
- * in seq order, each once. The replay rules are the embedded hub's. */
+ * in seq order, each once. The replay rules are the embedded hub's (an id
+ * several events share names the earliest of them). */
 static const char REPLAY_LUA[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
@@ -109,7 +110,7 @@ static const char REPLAY_LUA[] =
     "  local L, found = ARGV[2]\n"
     "  for _, e in ipairs(entries) do\n"
     "    if e[3] == L or (not e[3] and string.format('%.0f', e[1]) == L) then\n"
-    "      if not found or e[1] > found then found = e[1] end\n"
+    "      if not found or e[1] < found then found = e[1] end\n"
     "    end\n"
     "  end\n"
     "  if found then after = found\n"
