@@ -10,7 +10,18 @@ int sl_number_text(double v, char out[SL_NUMBER_MAX]) {
   if (isinf(v)) return snprintf(out, SL_NUMBER_MAX, v > 0 ? "inf" : "-inf");
   /* Whole numbers in the int64 range are written in full: ids of 16 digits
    * (microsecond clocks) must survive a round trip through text. */
-  if (v == floor(v) && v > -9.2e18 && v < 9.2e18) return snprintf(out, SL_NUMBER_MAX, "%lld", (long long)v);
+  if (v == floor(v) && v > -9.2e18 && v < 9.2e18) {
+    /* the digits by hand: ids and counters go through here for every event */
+    long long n = (long long)v;
+    unsigned long long u = n < 0 ? 0ull - (unsigned long long)n : (unsigned long long)n;
+    char tmp[24];
+    int k = 0, len = 0;
+    do tmp[k++] = (char)('0' + u % 10); while ((u /= 10) != 0);
+    if (n < 0) out[len++] = '-';
+    while (k) out[len++] = tmp[--k];
+    out[len] = '\0';
+    return len;
+  }
   /* Otherwise the shortest of %.14g .. %.17g that reads back as the same double. */
   int n = 0;
   for (int prec = 14; prec <= 17; prec++) {

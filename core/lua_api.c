@@ -5,6 +5,7 @@
 #include "lua_api.h"
 #include <errno.h>
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +233,230 @@ static int api_send(lua_State *L) {
     c->srv->metrics.events_sent++;
   }
   return c ? write_result(L, c, r) : fail(L, "closed");
+}
+
+/* ---- streams the scheduler steps (sl_task_drive) ---- */
+
+/* Registry keys: the library's Message metatable, and its to_data(v). */
+static char message_key, to_data_key;
+/* What lua_tocfunction says of a function made by coroutine.wrap (LuaJIT:
+ * NULL, a built-in fast function), once known; its coroutine is its upvalue. */
+static lua_CFunction wrap_aux;
+static int wrap_known;
+
+/* Queues one event; 0 sent, 1 sent and the queue is full, -1 closed. */
+static int drive_send(sl_conn *c, const ev_args *a) {
+  int r = sl_conn_event(c, a->data, a->len, a->id, a->idlen, a->ev, a->evlen, a->retry);
+  if (r) return -1;
+  c->events++;
+  c->srv->metrics.events_sent++;
+  return sl_conn_backlogged(c) ? 1 : 0;
+}
+
+/* A Message's fields, by their names kept in a registry table of the state
+ * (field_key): a raw get with the key at hand, where lua_getfield would
+ * intern the name again each time. */
+enum { F_DATA = 1, F_ID, F_EVENT, F_RETRY };
+static char field_key;
+
+/* A Message's field f (the message at 1, the names at names), pushed on co; as text, or NULL if nil. */
+static const char *message_field(lua_State *co, int names, int f, size_t *len) {
+  lua_rawgeti(co, names, f);
+  lua_rawget(co, 1);
+  return lua_isnil(co, -1) ? NULL : lua_tolstring(co, -1, len);
+}
+
+static int drive_value(sl_task *t, lua_State *co) {
+  sl_conn *c = t->conn;
+  if (!c || c->closing || c->ending) return -1;
+  ev_args a = {0};
+  a.retry = -1;
+  char num[SL_NUMBER_MAX];
+  int type = lua_type(co, 1);
+  if (type == LUA_TSTRING) {
+    a.data = lua_tolstring(co, 1, &a.len);
+  } else if (type == LUA_TNUMBER && sl_number_text(lua_tonumber(co, 1), num) > 0) {
+    a.data = num;
+    a.len = strlen(num);
+  } else if (type == LUA_TTABLE && lua_getmetatable(co, 1)) {
+    lua_pushlightuserdata(co, &message_key);
+    lua_rawget(co, LUA_REGISTRYINDEX);
+    int message = lua_rawequal(co, -1, -2);
+    lua_pop(co, 2);
+    if (message) {
+      /* checked when it was made (sluice.message) */
+      lua_pushlightuserdata(co, &field_key);
+      lua_rawget(co, LUA_REGISTRYINDEX);
+      int names = lua_gettop(co);
+      a.data = message_field(co, names, F_DATA, &a.len);
+      a.id = message_field(co, names, F_ID, &a.idlen);
+      a.ev = message_field(co, names, F_EVENT, &a.evlen);
+      lua_rawgeti(co, names, F_RETRY);
+      lua_rawget(co, 1);
+      if (lua_isnumber(co, -1)) a.retry = (long long)lua_tonumber(co, -1);
+      if (!a.data) a.data = "", a.len = 0;
+    }
+  }
+  if (a.data) return drive_send(c, &a);
+  /* Anything else: the library's rules (a table as JSON), in the state's main thread. */
+  lua_State *L = t->vm->L;
+  lua_pushlightuserdata(L, &to_data_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(co, 1);
+  lua_xmove(co, L, 1);
+  if (lua_pcall(L, 1, 2, 0) || !lua_isstring(L, -2)) {
+    const char *why = lua_isstring(L, -1) ? lua_tostring(L, -1) : "a value that is no event";
+    lua_settop(co, 0);
+    lua_pushfstring(co, "cannot send %s as an event (send a string, number, table or sluice.message)", why);
+    lua_pop(L, 2);
+    return -2;
+  }
+  a.data = lua_tolstring(L, -2, &a.len);
+  int r = drive_send(c, &a);
+  lua_pop(L, 2);
+  return r;
+}
+
+static void drive_done(sl_task *t, lua_State *co, int failed) {
+  sl_conn *c = t->conn;
+  if (!failed) {
+    if (c && !c->closing && !c->ending) {
+      sl_conn_ended(c, SL_END_HANDLER);
+      sl_conn_end(c);
+    }
+    return;
+  }
+  lua_State *L = t->vm->L;
+  const char *msg = lua_isstring(co, -1) ? lua_tostring(co, -1) : "(an error that is not a string)";
+  luaL_traceback(L, co, msg, 0);
+  sl_error("handler error in route %s: %s", t->label ? t->label : "?", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  t->vm->srv->metrics.lua_errors[SL_ERR_GENERATOR]++;
+  if (c) sl_conn_fail(c);
+}
+
+static const sl_drive stream_drive = {drive_value, drive_done};
+
+/* A message field given as a string or a finite number, as text on L (replacing
+ * it at idx); 0, or -1 (anything else, or CR, LF or NUL in it). */
+static int field_text(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    double v = lua_tonumber(L, idx);
+    if (v != v || isinf(v)) return -1;
+    char t[SL_NUMBER_MAX];
+    int n = sl_number_text(v, t);
+    lua_pushlstring(L, t, (size_t)n);
+    lua_replace(L, idx);
+    return 0;
+  }
+  if (lua_type(L, idx) != LUA_TSTRING) return -1;
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  return sl_sse_check_field(s, len) ? -1 : 0;
+}
+
+/* message(data, opts) -> sluice.message's table for the plain cases (data a
+ * string or a number; opts nil or with id, event and retry that need no
+ * error), else nothing: the library's own code then checks and explains. */
+static int api_message(lua_State *L) {
+  int dt = lua_type(L, 1);
+  if (dt != LUA_TSTRING && dt != LUA_TNUMBER) return 0;
+  if (dt == LUA_TNUMBER && (lua_tonumber(L, 1) != lua_tonumber(L, 1) || isinf(lua_tonumber(L, 1)))) return 0;
+  int ot = lua_type(L, 2);
+  if (ot != LUA_TNIL && ot != LUA_TNONE && ot != LUA_TTABLE) return 0;
+  lua_settop(L, 2);
+  lua_pushnil(L); /* 3: id */
+  lua_pushnil(L); /* 4: event */
+  lua_pushnil(L); /* 5: retry */
+  if (ot == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+      int slot = strcmp(k, "id") == 0 ? 3 : strcmp(k, "event") == 0 ? 4 : strcmp(k, "retry") == 0 ? 5 : 0;
+      if (!slot) return 0;
+      lua_replace(L, slot);
+    }
+    if (!lua_isnil(L, 3) && field_text(L, 3)) return 0;
+    if (!lua_isnil(L, 4) && field_text(L, 4)) return 0;
+    if (!lua_isnil(L, 5)) {
+      if (lua_type(L, 5) != LUA_TNUMBER) return 0;
+      double r = lua_tonumber(L, 5);
+      if (!(r >= 0) || r != floor(r) || r > 9007199254740991.0) return 0;
+    }
+  }
+  if (dt == LUA_TNUMBER) {
+    char t[SL_NUMBER_MAX];
+    int n = sl_number_text(lua_tonumber(L, 1), t);
+    lua_pushlstring(L, t, (size_t)n);
+    lua_replace(L, 1);
+  }
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "data");
+  if (!lua_isnil(L, 3)) {
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "id");
+  }
+  if (!lua_isnil(L, 4)) {
+    lua_pushvalue(L, 4);
+    lua_setfield(L, -2, "event");
+  }
+  if (!lua_isnil(L, 5)) {
+    lua_pushvalue(L, 5);
+    lua_setfield(L, -2, "retry");
+  }
+  lua_pushlightuserdata(L, &message_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_istable(L, -1)) return 0;
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* drive(conn, gen, label) -> true if the scheduler steps the generator (a
+ * coroutine, or a function coroutine.wrap made) from now on; false: the
+ * library's own loop does. */
+static int api_drive(lua_State *L) {
+  sl_vm *vm = vm_of(L);
+  sl_conn *c = live_conn(L, 1);
+  if (wrap_known && lua_iscfunction(L, 2) && lua_tocfunction(L, 2) == wrap_aux && lua_getupvalue(L, 2, 1)) {
+    if (lua_type(L, -1) == LUA_TTHREAD) lua_replace(L, 2);
+    else lua_pop(L, 1);
+  }
+  const char *label = sl_server_intern(vm->srv, luaL_optstring(L, 3, "?"));
+  sl_task *t = vm->current;
+  lua_pushboolean(L, c && t && t->conn == c && label && lua_type(L, 2) == LUA_TTHREAD &&
+                         sl_task_drive(t, L, 2, &stream_drive, label) == 0);
+  return 1;
+}
+
+/* stream_helpers(Message, to_data): what drive needs of the library. */
+static int api_stream_helpers(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushlightuserdata(L, &message_key);
+  lua_pushvalue(L, 1);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, &to_data_key);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  static const char *const names[] = {"data", "id", "event", "retry"};
+  lua_pushlightuserdata(L, &field_key);
+  lua_createtable(L, 4, 0);
+  for (int f = F_DATA; f <= F_RETRY; f++) {
+    lua_pushstring(L, names[f - 1]);
+    lua_rawseti(L, -2, f);
+  }
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  if (!wrap_known) {
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "wrap");
+    luaL_loadstring(L, "");
+    lua_call(L, 1, 1);
+    wrap_aux = lua_tocfunction(L, -1);
+    wrap_known = 1;
+    lua_pop(L, 2);
+  }
+  return 0;
 }
 
 /* write(conn, bytes) */
@@ -1019,7 +1244,7 @@ static int open_core(lua_State *L) {
       {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok},
-      {"copyable", api_copyable}, {"last_event_id", api_last_event_id},
+      {"copyable", api_copyable}, {"drive", api_drive}, {"message", api_message}, {"stream_helpers", api_stream_helpers}, {"last_event_id", api_last_event_id},
       {"kept", api_kept}, {"topic_matches", api_topic_matches},
       {"connections", api_connections}, {"conn", api_conn}, {"token_key", api_token_key}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},

@@ -14,6 +14,7 @@
 #include "reload.h"
 #include "conn.h"
 #include "server.h"
+#include "sched.h"
 #include "shared.h"
 #include "lua_out.h"
 #include "watchdog.h"
@@ -217,6 +218,7 @@ out:
     sl_vm_close(old);
   }
   sl_shared_free(&srv);
+  sl_sched_close(&srv);
   /* Lua's close may have closed handles of its own. */
   uv_run(&loop, UV_RUN_DEFAULT);
   sl_watchdog_stop();

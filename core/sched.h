@@ -10,6 +10,8 @@
 
 struct sl_conn;
 struct sl_vm;
+struct sl_server;
+struct sl_wake;
 
 /* Something a task owns that must go when the task ends (an outbound
  * stream): release runs then, unless it was dropped before. */
@@ -17,6 +19,20 @@ typedef struct sl_owned {
   struct sl_owned *next, **pprev;
   void (*release)(struct sl_owned *o);
 } sl_owned;
+
+struct sl_task;
+
+/* A stream whose generator coroutine the scheduler steps itself
+ * (sl_task_drive): what it does with what the generator gives. */
+typedef struct sl_drive {
+  /* The generator gave the value on co's top (yielded, or returned last): 0 go
+   * on, 1 its connection's queue is full, -1 the stream is over (closed), -2
+   * the value cannot be sent (the error message replaces it on co's top). */
+  int (*value)(struct sl_task *t, lua_State *co);
+  /* The stream ends: the generator returned or gave nil (failed 0), or it
+   * raised (failed 1; the error on co's top, co is the generator). */
+  void (*done)(struct sl_task *t, lua_State *co, int failed);
+} sl_drive;
 
 typedef struct sl_task {
   uv_timer_t timer;          /* wakes a sleep */
@@ -28,7 +44,12 @@ typedef struct sl_task {
   void **await_slot;         /* where a pending reply (sl_task_current) points at this task */
   void (*await_cancel)(void **slot); /* runs if the task ends while the slot points at it */
   sl_owned *owned;           /* released when it ends */
-  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1;
+  struct sl_task *wnext, *wprev; /* the other sleepers that wake in the same millisecond */
+  struct sl_wake *wake;      /* the millisecond it sleeps until, if it sleeps */
+  const sl_drive *drive;     /* set by sl_task_drive: the generator the task steps once its coroutine returns */
+  const char *label;         /* the route, for the log (kept for the server's life) */
+  int gen_ref;               /* the generator coroutine, until the task steps it */
+  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1, driving : 1;
 } sl_task;
 
 /* A timer of sluice.after / sluice.every: each firing runs the function in a task of its own. */
@@ -71,10 +92,19 @@ void sl_task_poke(sl_task *t);
 /* t owns o from now on (o->release set); sl_owned_drop lets go of it. */
 void sl_task_own(sl_task *t, sl_owned *o);
 void sl_owned_drop(sl_owned *o);
+/* The running task t hands its stream to the generator coroutine at L's idx:
+ * once t's own coroutine returns (dropped then), the scheduler resumes the
+ * generator directly, sends what it yields through drive->value and handles
+ * its sleeps and waits, with no Lua loop between; label names the route in
+ * the log. 0, or -1 (not a task that can: the caller steps it itself). */
+int sl_task_drive(sl_task *t, lua_State *L, int idx, const sl_drive *drive, const char *label);
 /* The connection left: the coroutine is never resumed again. */
 void sl_task_cancel(sl_task *t);
 /* The connection's queue went below its high-water mark. */
 void sl_task_drained(sl_task *t);
+
+/* Shutting down: the sleepers' timer closes (tasks that sleep after it use one of their own). */
+void sl_sched_close(struct sl_server *srv);
 
 /* Starts a timer for the function on L's top (popped) and the handle below it (left). */
 sl_timer *sl_timer_start(struct sl_vm *vm, lua_State *L, double after, double repeat);

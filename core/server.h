@@ -15,6 +15,7 @@ struct sl_vm;
 struct sl_redis;
 struct sl_task;
 struct sl_server;
+struct sl_sleepers;
 struct sl_home;
 
 /* How the units below the Lua side (conn, server) call up into it and into
@@ -90,6 +91,7 @@ typedef struct sl_server {
   sl_hub hub;
   struct sl_redis *redis;   /* the Redis engine, when --redis (or configure) gave one */
   struct sl_fetch *fetch;   /* outbound HTTP (sluice.http), made on first use */
+  struct sl_sleepers *sleepers; /* sleeping tasks by the millisecond they wake at (sched), made on first use */
   sl_hooks hooks;
   sl_metrics metrics;
   uv_timer_t lag;          /* measures how late the loop runs a timer */

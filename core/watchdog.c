@@ -48,12 +48,15 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Release stores (plain moves on x86, where sequentially consistent ones are
+ * locked instructions): the watchdog thread reads since first, with acquire,
+ * and then sees what was stored before it. Every resume comes through here. */
 static void enter(lua_State *L, const char *what) {
   if (wd.depth++) return;
-  atomic_store(&wd.L, L);
-  atomic_store(&wd.what, what);
-  atomic_fetch_add(&wd.episode, 1);
-  atomic_store(&wd.since, now_ns());
+  atomic_store_explicit(&wd.L, L, memory_order_relaxed);
+  atomic_store_explicit(&wd.what, what, memory_order_relaxed);
+  atomic_store_explicit(&wd.episode, atomic_load_explicit(&wd.episode, memory_order_relaxed) + 1, memory_order_relaxed);
+  atomic_store_explicit(&wd.since, now_ns(), memory_order_release);
 }
 
 void sl_watchdog_enter(lua_State *L) { enter(L, NULL); }
@@ -64,7 +67,7 @@ void sl_watchdog_jit(int delta) { atomic_fetch_add(&wd.jit_states, delta); }
 
 void sl_watchdog_leave(void) {
   if (--wd.depth) return;
-  atomic_store(&wd.since, 0);
+  atomic_store_explicit(&wd.since, 0, memory_order_release);
 }
 
 void sl_watchdog_limit(double seconds) {
@@ -117,7 +120,8 @@ static void *run(void *arg) {
   uint64_t fired_at = 0;
   while (!atomic_load(&wd.stop)) {
     usleep(50000);
-    uint64_t since = atomic_load(&wd.since), limit = atomic_load(&wd.limit_ns), ep = atomic_load(&wd.episode);
+    uint64_t since = atomic_load_explicit(&wd.since, memory_order_acquire);
+    uint64_t limit = atomic_load(&wd.limit_ns), ep = atomic_load(&wd.episode);
     if (!since || !limit) continue;
     uint64_t now = now_ns();
     if (now - since <= limit) continue;

@@ -33,11 +33,11 @@ local MAX_RETRY = 2 ^ 53 - 1
 local function check_field(name, v, level)
   if v == nil then return nil end
   local t = type(v)
-  if t ~= "string" and t ~= "number" then error(name .. " must be a string or a number", level + 1) end
   if t == "number" then
     if v ~= v or v == huge or v == -huge then error(name .. " must be a finite number, not " .. tostring(v), level + 1) end
-    v = number(v)
+    return number(v) -- digits, a sign, a point, an exponent: never CR, LF or NUL
   end
+  if t ~= "string" then error(name .. " must be a string or a number", level + 1) end
   if find(v, "[\r\n%z]") then error(name .. " may not contain CR, LF or NUL", level + 1) end
   return v
 end
@@ -72,8 +72,10 @@ function _M.message(data, opts, what)
   local text, why = _M.to_data(data)
   if not text then error(what .. ": data must be a string, number or table, not " .. why, 2) end
   if opts ~= nil and type(opts) ~= "table" then error(what .. ": options must be a table", 2) end
-  opts = opts or {}
-  _M.check_keys(opts, MESSAGE_KEYS, what, 2)
+  if opts == nil then return setmetatable({ data = text }, Message) end
+  for k in pairs(opts) do
+    if not MESSAGE_KEYS[k] then _M.check_keys(opts, MESSAGE_KEYS, what, 2) end
+  end
   return setmetatable({
     data = text,
     id = check_field("id", opts.id, 2),

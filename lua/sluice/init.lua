@@ -15,6 +15,7 @@ local c_send, c_start, c_finish, c_respond = core.send, core.start, core.finish,
 local SLEEP, WAIT, AWAIT = core.SLEEP, core.WAIT, core.AWAIT
 local FAILED = {} -- what a generator's step gives when the generator raised
 local to_data, Message = event.to_data, event.Message
+core.stream_helpers(Message, to_data) -- what the scheduler's own stream loop sends by
 local number = require("sluice.text").number
 
 --- A number of seconds: not negative, not NaN (math.huge means forever).
@@ -104,7 +105,15 @@ end
 local Response = { __name = "sluice.response" }
 local Mode = { __name = "sluice mode" }
 
-_M.message = event.message
+local c_message, l_message = core.message, event.message
+--- sluice.message(data, opts): the plain cases are made in C; the others (a
+-- table as JSON, a mistake to explain) by the library (a tail call, so its
+-- errors point at the script's line).
+function _M.message(data, opts)
+  local m = c_message(data, opts)
+  if m then return m end
+  return l_message(data, opts, "sluice.message")
+end
 
 --- Framing headers are the gateway's: a second Content-Length or
 -- Transfer-Encoding is a request-smuggling vector behind a proxy.
@@ -493,8 +502,8 @@ end
 --- Suspends the calling coroutine for secs seconds without blocking the loop.
 function _M.sleep(secs)
   if not seconds(secs) then error("sluice.sleep expects a number of seconds (not negative, not NaN)", 2) end
-  local _, main = running()
-  if main or running() == nil then
+  local co, main = running()
+  if main or co == nil then
     error("sluice.sleep called outside a handler, generator, raw callback or timer "
       .. "(on_close hooks and the script's load cannot wait: use sluice.after)", 2)
   end
@@ -795,6 +804,10 @@ end
 
 function modes.stream(conn, req, m, cors, label)
   if not start_stream(conn, req, m.opts, m.opts.heartbeat, cors, "stream") then return end
+  -- A coroutine (or what coroutine.wrap made) is stepped by the scheduler in C
+  -- once this handler's coroutine returns: no Lua loop between the generator
+  -- and the connection. Other generators (plain functions) are stepped here.
+  if core.drive(conn, m.value, label) then return end
   run_stream(conn, m.value, label)
 end
 
