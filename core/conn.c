@@ -74,7 +74,10 @@ static void to_lua(sl_conn *c, uint32_t op, void *p, uint64_t n) {
   else must_post(c->home, 0, m);
 }
 
-static void set_queued(sl_conn *c, size_t v) { __atomic_store_n(&c->queued, v, __ATOMIC_RELAXED); }
+static void set_queued(sl_conn *c, size_t v) {
+  if (v >= c->hwm) c->was_full = 1;
+  __atomic_store_n(&c->queued, v, __ATOMIC_RELAXED);
+}
 
 /* Closes from the home's side: on the loop thread the whole connection at
  * once, as it always was; on an I/O thread its handles, and the Lua half
@@ -343,6 +346,10 @@ static void after_write(sl_conn *c) {
   }
   if (c->queued >= c->hwm) return;
   if (local(c)) {
+    /* Only a queue that was full can have a generator waiting or a replay
+     * paused on it: an idle subscriber's every write skips the Lua half. */
+    if (!c->was_full) return;
+    c->was_full = 0;
     lua_drained(c);
     return;
   }

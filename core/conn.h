@@ -91,7 +91,8 @@ typedef struct sl_conn {
   int err_status;            /* set by a parser callback that rejects the request */
   uint32_t dirty;            /* its place (+1) in its home's list of connections to flush, 0 if none */
   uint8_t io_state;          /* SL_CS_HEAD, SL_CS_BUSY (handed over) or SL_CS_STREAM */
-  uint8_t io_closing : 1, io_ending : 1, msg_done : 1, reading : 1, wrote : 1, processing : 1;
+  uint8_t io_closing : 1, io_ending : 1, msg_done : 1, reading : 1, wrote : 1, processing : 1,
+      was_full : 1;          /* its queue reached hwm since the Lua half last heard it drained (the home's) */
   uint8_t io_why;            /* why the home closed it (enum sl_conn_end), for the loop thread */
   uint8_t want_drain;        /* the loop thread waits to hear it went below hwm (atomic) */
   uint8_t pending_closes;
