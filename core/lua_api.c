@@ -38,9 +38,17 @@ static sl_conn *conn_of(lua_State *L, int idx) {
 }
 
 /* The live connection at idx, or NULL when it is closed or closing. */
+static int is_live(const sl_conn *c) { return c && !c->closing && !c->ending; }
+
 static sl_conn *live_conn(lua_State *L, int idx) {
   sl_conn *c = conn_of(L, idx);
-  return c && !c->closing && !c->ending ? c : NULL;
+  return is_live(c) ? c : NULL;
+}
+
+/* Ends the stream once everything queued is written; why: enum sl_conn_end. */
+static void finish_conn(sl_conn *c, int why) {
+  sl_conn_ended(c, why);
+  sl_conn_end(c);
 }
 
 static int fail(lua_State *L, const char *why) {
@@ -268,7 +276,7 @@ static const char *message_field(lua_State *co, int names, int f, size_t *len) {
 
 static int drive_value(sl_task *t, lua_State *co) {
   sl_conn *c = t->conn;
-  if (!c || c->closing || c->ending) return -1;
+  if (!is_live(c)) return -1;
   ev_args a = {0};
   a.retry = -1;
   char num[SL_NUMBER_MAX];
@@ -320,10 +328,7 @@ static int drive_value(sl_task *t, lua_State *co) {
 static void drive_done(sl_task *t, lua_State *co, int failed) {
   sl_conn *c = t->conn;
   if (!failed) {
-    if (c && !c->closing && !c->ending) {
-      sl_conn_ended(c, SL_END_HANDLER);
-      sl_conn_end(c);
-    }
+    if (is_live(c)) finish_conn(c, SL_END_HANDLER);
     return;
   }
   lua_State *L = t->vm->L;
@@ -489,13 +494,10 @@ static int api_comment(lua_State *L) {
   return write_result(L, c, r);
 }
 
-/* Ends the stream once everything queued is written; why: enum sl_conn_end. */
+/* end_stream(conn): finish_conn for a handle; true if it was live. */
 static int end_stream(lua_State *L, int why) {
   sl_conn *c = live_conn(L, 1);
-  if (c) {
-    sl_conn_ended(c, why);
-    sl_conn_end(c);
-  }
+  if (c) finish_conn(c, why);
   lua_pushboolean(L, c != NULL);
   return 1;
 }

@@ -99,8 +99,9 @@ static sl_sleepers *sleepers_of(sl_server *srv) {
   return sp;
 }
 
-static unsigned hslot(const sl_sleepers *sp, uint64_t due) {
-  return (unsigned)((due * 0x9E3779B97F4A7C15ull) >> 40) & (sp->hcap - 1);
+/* The hash slot of due in a table of cap slots (a power of two). */
+static unsigned hslot(uint64_t due, unsigned cap) {
+  return (unsigned)((due * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
 }
 
 static void heap_up(sl_sleepers *sp, unsigned i) {
@@ -126,7 +127,7 @@ static sl_wake *heap_pop(sl_sleepers *sp) {
   }
   if (sp->n) sp->heap[i] = w;
   /* out of the hash too */
-  sl_wake **pp = &sp->hash[hslot(sp, top->due)];
+  sl_wake **pp = &sp->hash[hslot(top->due, sp->hcap)];
   while (*pp != top) pp = &(*pp)->hnext;
   *pp = top->hnext;
   sp->hn--;
@@ -140,7 +141,7 @@ static void rehash(sl_sleepers *sp) {
   for (unsigned i = 0; i < sp->hcap; i++) {
     for (sl_wake *w = sp->hash[i], *next; w; w = next) {
       next = w->hnext;
-      unsigned k = (unsigned)((w->due * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
+      unsigned k = hslot(w->due, cap);
       w->hnext = h[k];
       h[k] = w;
     }
@@ -152,7 +153,7 @@ static void rehash(sl_sleepers *sp) {
 
 /* The bucket for due (made if there is none); NULL if out of memory. */
 static sl_wake *bucket(sl_sleepers *sp, uint64_t due) {
-  for (sl_wake *w = sp->hash[hslot(sp, due)]; w; w = w->hnext)
+  for (sl_wake *w = sp->hash[hslot(due, sp->hcap)]; w; w = w->hnext)
     if (w->due == due) return w;
   if (sp->n == sp->cap) {
     unsigned cap = sp->cap ? sp->cap * 2 : 64;
@@ -164,7 +165,7 @@ static sl_wake *bucket(sl_sleepers *sp, uint64_t due) {
   sl_wake *w = calloc(1, sizeof *w);
   if (!w) return NULL;
   w->due = due;
-  unsigned k = hslot(sp, due);
+  unsigned k = hslot(due, sp->hcap);
   w->hnext = sp->hash[k];
   sp->hash[k] = w;
   if (++sp->hn > sp->hcap / 2) rehash(sp);
@@ -352,6 +353,19 @@ static void drive_done(sl_task *t, lua_State *co, int failed) {
   t->running = 0;
 }
 
+/* The driven stream ends; r is what its last value gave: 0 sent (or there
+ * was none), -1 the connection is gone, -2 it cannot be sent (the error on
+ * co's top). */
+static void drive_end(sl_task *t, lua_State *co, int r) {
+  if (r == -2) {
+    drive_done(t, co, 1);
+  } else if (r != -1) {
+    lua_settop(co, 0);
+    drive_done(t, co, 0);
+  }
+  task_end(t, 1);
+}
+
 void sl_task_resume(sl_task *t, int nargs) {
   sl_task *outer = t->vm->current;
   for (;;) {
@@ -398,30 +412,24 @@ void sl_task_resume(sl_task *t, int nargs) {
         return;
       }
       if (t->driving) {
-        /* An event (nil ends the stream), as the library's stream loop would send it. */
+        /* An event, as the library's stream loop would send it; nil ends the stream. */
         lua_settop(co, 1);
-        int r = lua_isnil(co, 1) ? -3 : drive_value(t, co);
+        if (lua_isnil(co, 1)) {
+          drive_end(t, co, 0);
+          return;
+        }
+        int r = drive_value(t, co);
         if (t->cancelled) {
           task_end(t, 1);
           return;
         }
-        if (r == 0 || (r == 1 && !(t->conn && sl_conn_backlogged(t->conn)))) {
-          lua_settop(co, 0);
-          continue;
-        }
-        if (r == 1) {
-          lua_settop(co, 0);
-          t->waiting = 1;
-          return;
-        }
-        if (r == -2) {
-          drive_done(t, co, 1);
-          task_end(t, 1);
+        if (r < 0) {
+          drive_end(t, co, r);
           return;
         }
         lua_settop(co, 0);
-        if (r == -3) drive_done(t, co, 0);
-        task_end(t, 1);
+        if (r == 0) continue;
+        t->waiting = 1; /* the queue is full: resumed when it drains */
         return;
       }
       lua_settop(co, 0);
@@ -430,8 +438,7 @@ void sl_task_resume(sl_task *t, int nargs) {
     }
     if (rc != 0) {
       if (t->driving) {
-        drive_done(t, co, 1);
-        task_end(t, 1);
+        drive_end(t, co, -2);
         return;
       }
       sl_vm_log_error(co, t->conn ? "handler" : "task");
@@ -440,15 +447,9 @@ void sl_task_resume(sl_task *t, int nargs) {
       return;
     }
     if (t->driving) {
-      /* The generator returned: what it returned is its last event. */
-      int r = lua_gettop(co) > 0 && !lua_isnil(co, 1) ? (lua_settop(co, 1), drive_value(t, co)) : 0;
-      if (r == -2) {
-        drive_done(t, co, 1);
-      } else if (r != -1) {
-        lua_settop(co, 0);
-        drive_done(t, co, 0);
-      }
-      task_end(t, 1);
+      /* The generator returned: what it returned (if not nil) is its last event. */
+      lua_settop(co, 1);
+      drive_end(t, co, lua_isnil(co, 1) ? 0 : drive_value(t, co));
       return;
     }
     if (t->gen_ref && t->conn) {
