@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define HOST_BUCKETS 64
 /* Easy handles kept for reuse: making one per request is a good part of a
@@ -37,6 +39,8 @@ struct sl_fetch {
   unsigned closing : 1, collecting : 1;
   unsigned open_handles;       /* the timer and the polls still to close */
   struct sock_ctx *socks;      /* every poll handle open */
+  struct sock_ctx **by_fd;     /* the connections' sockets we opened, by descriptor */
+  size_t nby_fd;
   CURL *spare[SPARE_EASY];
   unsigned nspare;
   sl_fetch_stats st;
@@ -63,11 +67,20 @@ struct sl_fetch_req {
   char err[CURL_ERROR_SIZE];
 };
 
+/* A socket libcurl has us watch. A connection's socket that we opened
+ * (on_open) keeps its poll handle, and its place in by_fd, from one transfer
+ * to the next until libcurl closes it (on_close): a kept connection reused
+ * costs no poll set-up (libuv's check of the descriptor, an ioctl) and no
+ * epoll add and delete. Between transfers (idle) the poll watches for
+ * reading only; what comes then (the server closing) stops it, and libcurl
+ * finds the connection dead when it next looks. */
 typedef struct sock_ctx {
   uv_poll_t poll;
   sl_fetch *f;
   curl_socket_t fd;
   struct sock_ctx *prev, *next;
+  int events;                  /* what the poll watches, 0 if stopped */
+  unsigned kept : 1, idle : 1;
 } sock_ctx;
 
 static void maybe_free(sl_fetch *f) {
@@ -127,6 +140,12 @@ static void collect(sl_fetch *f);
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock_ctx *ctx = p->data;
   sl_fetch *f = ctx->f;
+  if (ctx->idle) {
+    /* No transfer wants it: the server closed it or sent what nobody asked for. */
+    uv_poll_stop(&ctx->poll);
+    ctx->events = 0;
+    return;
+  }
   int flags = 0, running;
   if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
@@ -141,8 +160,34 @@ static void close_sock(sock_ctx *ctx) {
   if (ctx->prev) ctx->prev->next = ctx->next;
   else f->socks = ctx->next;
   if (ctx->next) ctx->next->prev = ctx->prev;
+  if (ctx->kept && (size_t)ctx->fd < f->nby_fd) f->by_fd[ctx->fd] = NULL;
   uv_poll_stop(&ctx->poll);
   uv_close((uv_handle_t *)&ctx->poll, on_poll_closed);
+}
+
+static sock_ctx *sock_new(sl_fetch *f, curl_socket_t s) {
+  sock_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return NULL;
+  if (uv_poll_init_socket(f->loop, &ctx->poll, s)) {
+    free(ctx);
+    return NULL;
+  }
+  ctx->f = f;
+  ctx->fd = s;
+  ctx->poll.data = ctx;
+  ctx->next = f->socks;
+  if (f->socks) f->socks->prev = ctx;
+  f->socks = ctx;
+  f->open_handles++;
+  return ctx;
+}
+
+/* libuv's uv_poll_start stops and starts the descriptor's epoll entry even
+ * for the same events: only a change is passed on. */
+static void sock_watch(sock_ctx *ctx, int ev) {
+  if (ev == ctx->events) return;
+  ctx->events = ev;
+  uv_poll_start(&ctx->poll, ev, on_poll);
 }
 
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
@@ -150,33 +195,54 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
   sl_fetch *f = userp;
   sock_ctx *ctx = socketp;
   if (what == CURL_POLL_REMOVE) {
-    if (ctx) {
+    if (ctx && ctx->kept) {
+      ctx->idle = 1;
+      sock_watch(ctx, UV_READABLE);
+    } else if (ctx) {
       close_sock(ctx);
-      curl_multi_assign(f->multi, s, NULL);
     }
     return 0;
   }
-  if (!ctx) {
-    ctx = calloc(1, sizeof *ctx);
-    if (!ctx) return -1;
-    if (uv_poll_init_socket(f->loop, &ctx->poll, s)) {
-      free(ctx);
-      return -1;
-    }
-    ctx->f = f;
-    ctx->fd = s;
-    ctx->poll.data = ctx;
-    ctx->next = f->socks;
-    if (f->socks) f->socks->prev = ctx;
-    f->socks = ctx;
-    f->open_handles++;
-    curl_multi_assign(f->multi, s, ctx);
-  }
+  if (!ctx && (size_t)s < f->nby_fd) ctx = f->by_fd[s];
+  if (!ctx && !(ctx = sock_new(f, s))) return -1;
+  ctx->idle = 0;
+  curl_multi_assign(f->multi, s, ctx);
   int ev = 0;
   if (what & CURL_POLL_IN) ev |= UV_READABLE;
   if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
-  uv_poll_start(&ctx->poll, ev, on_poll);
+  sock_watch(ctx, ev);
   return 0;
+}
+
+/* A connection's socket: opened here so that it is known as one (and kept, above). */
+static curl_socket_t on_open(void *arg, curlsocktype purpose, struct curl_sockaddr *a) {
+  sl_fetch *f = arg;
+  curl_socket_t s = socket(a->family, a->socktype, a->protocol);
+  if (s < 0 || purpose != CURLSOCKTYPE_IPCXN) return s;
+  if ((size_t)s >= f->nby_fd) {
+    size_t n = f->nby_fd ? f->nby_fd : 64;
+    while (n <= (size_t)s) n *= 2;
+    sock_ctx **b = realloc(f->by_fd, n * sizeof *b);
+    if (!b) return s; /* not kept: watched transfer by transfer */
+    memset(b + f->nby_fd, 0, (n - f->nby_fd) * sizeof *b);
+    f->by_fd = b;
+    f->nby_fd = n;
+  }
+  sock_ctx *ctx = sock_new(f, s);
+  if (ctx) {
+    ctx->kept = 1;
+    ctx->idle = 1;
+    f->by_fd[s] = ctx;
+  }
+  return s;
+}
+
+/* libcurl is done with a socket: its poll goes before the descriptor does. */
+static int on_close(void *arg, curl_socket_t s) {
+  sl_fetch *f = arg;
+  sock_ctx *ctx = (size_t)s < f->nby_fd ? f->by_fd[s] : NULL;
+  if (ctx) close_sock(ctx);
+  return close(s);
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -205,8 +271,7 @@ sl_fetch *sl_fetch_new(uv_loop_t *loop) {
     return NULL;
   }
   f->loop = loop;
-  f->max_concurrent = 1024;
-  f->max_per_host = 256;
+  sl_fetch_limits(f, 1024, 256);
   uv_timer_init(loop, &f->timer);
   f->timer.data = f;
   f->open_handles = 1;
@@ -220,8 +285,13 @@ sl_fetch *sl_fetch_new(uv_loop_t *loop) {
 }
 
 void sl_fetch_limits(sl_fetch *f, unsigned max_concurrent, unsigned max_per_host) {
+  if (f->max_concurrent == max_concurrent && f->max_per_host == max_per_host) return;
   f->max_concurrent = max_concurrent;
   f->max_per_host = max_per_host;
+  /* Kept connections up to the transfers allowed at once: libcurl's own
+   * bound (four per transfer in flight now) closes kept connections each
+   * time fewer are in flight, and opens new ones when more are again. */
+  curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, (long)max_concurrent);
 }
 
 const sl_fetch_stats *sl_fetch_get_stats(const sl_fetch *f) { return &f->st; }
@@ -292,7 +362,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg) {
     return 0; /* ends the transfer with CURLE_WRITE_ERROR */
   }
   if (r->body_len + len > r->body_cap) {
-    size_t cap = r->body_cap ? r->body_cap : 4096;
+    /* The first part's own size: most answers come in one. */
+    size_t cap = r->body_cap ? r->body_cap : len;
     while (cap < r->body_len + len) cap *= 2;
     if (!r->hwm && cap > r->max_body) cap = r->max_body;
     char *b = realloc(r->body, cap);
@@ -497,6 +568,10 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f);
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
@@ -605,4 +680,7 @@ void sl_fetch_close(sl_fetch *f) {
   f->multi = NULL;
   while (f->nspare) curl_easy_cleanup(f->spare[--f->nspare]);
   while (f->socks) close_sock(f->socks);
+  free(f->by_fd);
+  f->by_fd = NULL;
+  f->nby_fd = 0;
 }
