@@ -77,16 +77,30 @@ int sl_sb_adds(sl_sb *sb, const char *s) { return sl_sb_add(sb, s, strlen(s)); }
 int sl_sb_addc(sl_sb *sb, char c) { return sl_sb_add(sb, &c, 1); }
 
 int sl_sb_addf(sl_sb *sb, const char *fmt, ...) {
+  /* Most lines fit a small buffer: formatted once, not measured first. */
+  char small[256];
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
+  int n = vsnprintf(small, sizeof small, fmt, ap);
   va_end(ap);
-  if (n < 0 || sb_reserve(sb, (size_t)n + 1)) return -ENOMEM;
+  if (n < 0) return -ENOMEM;
+  if ((size_t)n < sizeof small) return sl_sb_add(sb, small, (size_t)n);
+  if (sb_reserve(sb, (size_t)n + 1)) return -ENOMEM;
   va_start(ap, fmt);
   vsnprintf(sb->b->data + sb->b->len, (size_t)n + 1, fmt, ap);
   va_end(ap);
   sb->b->len += (size_t)n;
   return 0;
+}
+
+int sl_sb_addu(sl_sb *sb, uint64_t v) {
+  char t[20];
+  size_t i = sizeof t;
+  do {
+    t[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return sl_sb_add(sb, t + i, sizeof t - i);
 }
 
 sl_buf *sl_sb_finish(sl_sb *sb) {

@@ -4,6 +4,7 @@
 #ifndef SL_BUF_H
 #define SL_BUF_H
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct sl_buf {
   unsigned refs;
@@ -42,6 +43,8 @@ int sl_sb_add(sl_sb *sb, const void *p, size_t len);
 int sl_sb_adds(sl_sb *sb, const char *s);
 int sl_sb_addc(sl_sb *sb, char c);
 int sl_sb_addf(sl_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* v in decimal. */
+int sl_sb_addu(sl_sb *sb, uint64_t v);
 /* The built buffer (one reference, owned by the caller); the builder is empty afterwards. */
 sl_buf *sl_sb_finish(sl_sb *sb);
 void sl_sb_free(sl_sb *sb);

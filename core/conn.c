@@ -661,7 +661,11 @@ int sl_conn_respond(sl_conn *c, int status, sl_sb *headers, const char *body, si
   sl_http_status_line(&sb, status, headers ? headers->b : NULL);
   if (headers && headers->b) sl_sb_add(&sb, headers->b->data, headers->b->len);
   int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
-  if (!no_body) sl_sb_addf(&sb, "Content-Length: %zu\r\n", len);
+  if (!no_body) {
+    sl_sb_add(&sb, "Content-Length: ", 16);
+    sl_sb_addu(&sb, len);
+    sl_sb_add(&sb, "\r\n", 2);
+  }
   if (!c->keepalive) sl_sb_adds(&sb, "Connection: close\r\n");
   sl_sb_add(&sb, "\r\n", 2);
   if (!no_body && !c->is_head) sl_sb_add(&sb, body, len);

@@ -9,6 +9,7 @@
 #include "fetch.h"
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -18,7 +19,7 @@
 #define HOST_BUCKETS 64
 /* Easy handles kept for reuse: making one per request is a good part of a
  * request's cost (curl_easy_reset keeps the caches, the connections are the multi's). */
-#define SPARE_EASY 64
+#define SPARE_EASY 1024
 /* A response's header lines are kept up to this (libcurl refuses one line over 100 KiB itself). */
 #define MAX_HEAD (256 * 1024)
 
@@ -36,7 +37,7 @@ struct sl_fetch {
   sl_fetch_req *notify;        /* streams with something new for their callers */
   host_count *hosts[HOST_BUCKETS];
   unsigned max_concurrent, max_per_host;
-  unsigned closing : 1, collecting : 1;
+  unsigned closing : 1, collecting : 1, no_proxy_env : 1;
   unsigned open_handles;       /* the timer and the polls still to close */
   struct sock_ctx *socks;      /* every poll handle open */
   struct sock_ctx **by_fd;     /* the connections' sockets we opened, by descriptor */
@@ -131,6 +132,111 @@ static void host_put(sl_fetch *f, host_count *hc) {
       return;
     }
   }
+}
+
+/* ---- libcurl's memory ----
+ * libcurl allocates and frees a few dozen blocks for each transfer, among
+ * them a 16 KiB receive buffer. With a thousand transfers in flight, glibc's
+ * per-thread cache (seven blocks a size) overflows into its bins, and each
+ * receive buffer, a large block, makes it merge every small free block
+ * first. libcurl's blocks are therefore rounded up to size classes (four to
+ * each doubling, up to 64 KiB) and freed blocks are kept by class on the
+ * loop thread, up to CACHE_MAX bytes in all. Other threads (libcurl's
+ * resolver) allocate and free with malloc and free as they are. */
+#define HDR 16                        /* before each block: its capacity (keeps malloc's alignment) */
+#define BIG_CLASS 0                   /* over 64 KiB: not kept */
+#define NCLASSES 42
+#define CACHE_MAX ((size_t)8 << 20)
+
+static _Thread_local int on_loop;     /* this thread is the one that runs the fetcher */
+static void *kept[NCLASSES];          /* freed blocks by class, linked through their first word */
+static size_t kept_bytes;
+
+/* The class of a block of s bytes (its header included) and its capacity. */
+static unsigned size_class(size_t s, size_t *cap) {
+  if (s <= 64) {
+    *cap = 64;
+    return 1;
+  }
+  if (s > ((size_t)64 << 10)) {
+    *cap = s;
+    return BIG_CLASS;
+  }
+  unsigned b = 63u - (unsigned)__builtin_clzll((unsigned long long)(s - 1)); /* 2^b < s <= 2^(b+1) */
+  size_t step = (size_t)1 << (b - 2);
+  size_t j = (s - ((size_t)1 << b) + step - 1) / step; /* 1..4 */
+  *cap = ((size_t)1 << b) + j * step;
+  return (b - 6) * 4 + (unsigned)j + 1;
+}
+
+static void *mem_malloc(size_t n) {
+  if (n > SIZE_MAX - 2 * HDR) return NULL;
+  size_t cap;
+  unsigned c = size_class(n + HDR, &cap);
+  char *h;
+  if (c != BIG_CLASS && on_loop && kept[c]) {
+    h = kept[c];
+    memcpy(&kept[c], h, sizeof(void *));
+    kept_bytes -= cap;
+  } else if (!(h = malloc(cap))) {
+    return NULL;
+  }
+  memcpy(h, &cap, sizeof cap);
+  return h + HDR;
+}
+
+static void mem_free(void *p) {
+  if (!p) return;
+  char *h = (char *)p - HDR;
+  size_t cap, class_cap;
+  memcpy(&cap, h, sizeof cap);
+  unsigned c = size_class(cap, &class_cap);
+  if (c != BIG_CLASS && on_loop && kept_bytes + cap <= CACHE_MAX) {
+    memcpy(h, &kept[c], sizeof(void *));
+    kept[c] = h;
+    kept_bytes += cap;
+    return;
+  }
+  free(h);
+}
+
+static void *mem_realloc(void *p, size_t n) {
+  if (!p) return mem_malloc(n);
+  char *h = (char *)p - HDR;
+  size_t cap;
+  memcpy(&cap, h, sizeof cap);
+  if (n <= cap - HDR) return p;
+  void *q = mem_malloc(n);
+  if (!q) return NULL;
+  memcpy(q, p, cap - HDR);
+  mem_free(p);
+  return q;
+}
+
+static void *mem_calloc(size_t nmemb, size_t size) {
+  if (size && nmemb > SIZE_MAX / size) return NULL;
+  void *p = mem_malloc(nmemb * size);
+  if (p) memset(p, 0, nmemb * size);
+  return p;
+}
+
+static char *mem_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = mem_malloc(n);
+  if (p) memcpy(p, s, n);
+  return p;
+}
+
+/* The kept blocks go back to malloc (when the fetcher closes). */
+static void mem_drain(void) {
+  for (unsigned c = 0; c < NCLASSES; c++) {
+    while (kept[c]) {
+      void *h = kept[c];
+      memcpy(&kept[c], h, sizeof(void *));
+      free(h);
+    }
+  }
+  kept_bytes = 0;
 }
 
 /* ---- the loop's side of libcurl ---- */
@@ -263,7 +369,9 @@ static int on_curl_timer(CURLM *multi, long ms, void *userp) {
 
 sl_fetch *sl_fetch_new(uv_loop_t *loop) {
   /* Thread-safe in the libcurl Debian ships (its "threadsafe" feature); the first call sets up TLS. */
-  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
+  on_loop = 1;
+  if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, mem_malloc, mem_free, mem_realloc, mem_strdup, mem_calloc) != CURLE_OK)
+    return NULL;
   sl_fetch *f = calloc(1, sizeof *f);
   if (!f) return NULL;
   if (!(f->multi = curl_multi_init())) {
@@ -272,6 +380,13 @@ sl_fetch *sl_fetch_new(uv_loop_t *loop) {
   }
   f->loop = loop;
   sl_fetch_limits(f, 1024, 256);
+  /* libcurl reads the proxy variables for each transfer: once here is enough
+   * to know that none is set (the environment does not change under us). */
+  static const char *const proxy_vars[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                                           "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"};
+  f->no_proxy_env = 1;
+  for (size_t i = 0; i < sizeof proxy_vars / sizeof *proxy_vars; i++)
+    if (getenv(proxy_vars[i])) f->no_proxy_env = 0;
   uv_timer_init(loop, &f->timer);
   f->timer.data = f;
   f->open_handles = 1;
@@ -568,6 +683,10 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  if (f->no_proxy_env) {
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+  }
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
@@ -680,6 +799,7 @@ void sl_fetch_close(sl_fetch *f) {
   f->multi = NULL;
   while (f->nspare) curl_easy_cleanup(f->spare[--f->nspare]);
   while (f->socks) close_sock(f->socks);
+  mem_drain();
   free(f->by_fd);
   f->by_fd = NULL;
   f->nby_fd = 0;

@@ -268,17 +268,36 @@ static int has_header(const sl_buf *h, const char *name, size_t n) {
   return 0;
 }
 
+/* The Date header's value for now: made once a second (per thread: I/O threads answer too). */
+static const char *http_date(size_t *len) {
+  static _Thread_local time_t made;
+  static _Thread_local char date[40];
+  static _Thread_local size_t n;
+  time_t now = time(NULL);
+  if (now != made || !n) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    n = strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    made = now;
+  }
+  *len = n;
+  return date;
+}
+
 int sl_http_status_line(sl_sb *sb, int status, const sl_buf *own) {
-  if (sl_sb_addf(sb, "HTTP/1.1 %d %s\r\n", status, sl_http_reason(status))) return -1;
+  sl_sb_add(sb, "HTTP/1.1 ", 9);
+  sl_sb_addu(sb, (uint64_t)(status > 0 ? status : 0));
+  sl_sb_addc(sb, ' ');
+  sl_sb_adds(sb, sl_http_reason(status));
+  if (sl_sb_add(sb, "\r\n", 2)) return -1;
   /* A script's own Server or Date replaces the gateway's: never two of them. */
   if (!has_header(own, "server", 6) && sl_sb_adds(sb, "Server: sluice\r\n")) return -1;
   if (has_header(own, "date", 4)) return 0;
-  char date[64];
-  time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return sl_sb_addf(sb, "Date: %s\r\n", date);
+  size_t n;
+  const char *date = http_date(&n);
+  sl_sb_add(sb, "Date: ", 6);
+  sl_sb_add(sb, date, n);
+  return sl_sb_add(sb, "\r\n", 2);
 }
 
 sl_buf *sl_http_error(int status) {

@@ -47,6 +47,24 @@ int main(void) {
   sl_buf *f = sl_sb_finish(&sb);
   CHECK(f && f->len == sizeof big + 1 && f->data[0] == '<' && f->data[f->len - 1] == '>');
   sl_buf_unref(f);
+  /* Decimal numbers, and a formatted line just under and just over the small buffer addf tries first. */
+  sl_sb_init(&sb, 4);
+  sl_sb_addu(&sb, 0);
+  sl_sb_addc(&sb, ' ');
+  sl_sb_addu(&sb, 18446744073709551615ull);
+  sl_sb_addc(&sb, ' ');
+  sl_sb_addu(&sb, 1000);
+  sl_buf *u = sl_sb_finish(&sb);
+  CHECK(u != NULL);
+  CHECK_STR(u->data, u->len, "0 18446744073709551615 1000");
+  sl_buf_unref(u);
+  for (int w = 250; w <= 260; w++) {
+    sl_sb_init(&sb, 8);
+    sl_sb_addf(&sb, "%0*d", w, 7);
+    sl_buf *p = sl_sb_finish(&sb);
+    CHECK(p && p->len == (size_t)w && p->data[0] == '0' && p->data[w - 1] == '7' && p->data[w] == '\0');
+    sl_buf_unref(p);
+  }
   /* sl_append grows from `first` by doubling and keeps what was there. */
   char *data = NULL;
   size_t len = 0, cap = 0;
