@@ -9,7 +9,6 @@
 #include "fetch.h"
 #include <curl/curl.h>
 #include <errno.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -19,9 +18,14 @@
 #define HOST_BUCKETS 64
 /* Easy handles kept for reuse: making one per request is a good part of a
  * request's cost (curl_easy_reset keeps the caches, the connections are the multi's). */
-#define SPARE_EASY 1024
+#define SPARE_EASY 64
 /* A response's header lines are kept up to this (libcurl refuses one line over 100 KiB itself). */
 #define MAX_HEAD (256 * 1024)
+/* Transfers in flight on one multi handle before the next one takes new
+ * transfers. libcurl looks for a connection to reuse by walking every
+ * connection to the host, busy ones included: with a thousand transfers in
+ * flight on one handle that walk was a third of a request's instructions. */
+#define LANE_LOAD 64
 
 typedef struct host_count {
   struct host_count *next;
@@ -29,18 +33,27 @@ typedef struct host_count {
   char name[];
 } host_count;
 
-struct sl_fetch {
-  uv_loop_t *loop;
+/* One multi handle, with its timer and its own kept connections. */
+typedef struct lane {
+  struct sl_fetch *f;
   CURLM *multi;
   uv_timer_t timer;
+  unsigned in_flight;
+  unsigned recollect : 1;      /* finished transfers to collect once the collect under way is done */
+} lane;
+
+struct sl_fetch {
+  uv_loop_t *loop;
+  lane **lanes;                /* made as the transfers in flight need them, the first with the fetcher */
+  unsigned nlanes;
   sl_fetch_req *reqs;          /* every request in flight */
   sl_fetch_req *notify;        /* streams with something new for their callers */
   host_count *hosts[HOST_BUCKETS];
   unsigned max_concurrent, max_per_host;
   unsigned closing : 1, collecting : 1, no_proxy_env : 1;
-  unsigned open_handles;       /* the timer and the polls still to close */
+  unsigned open_handles;       /* the timers and the polls still to close */
   struct sock_ctx *socks;      /* every poll handle open */
-  struct sock_ctx **by_fd;     /* the connections' sockets we opened, by descriptor */
+  struct sock_ctx **by_fd;     /* the polls, by descriptor */
   size_t nby_fd;
   CURL *spare[SPARE_EASY];
   unsigned nspare;
@@ -49,6 +62,7 @@ struct sl_fetch {
 
 struct sl_fetch_req {
   sl_fetch *f;
+  lane *lane;
   CURL *easy;
   struct curl_slist *headers;
   sl_fetch_cb cb;
@@ -74,14 +88,20 @@ struct sl_fetch_req {
  * costs no poll set-up (libuv's check of the descriptor, an ioctl) and no
  * epoll add and delete. Between transfers (idle) the poll watches for
  * reading only; what comes then (the server closing) stops it, and libcurl
- * finds the connection dead when it next looks. */
+ * finds the connection dead when it next looks.
+ * Only a connected socket idles so: libcurl 7.88 closes a socket whose
+ * connect did not finish without calling on_close, and a poll left on it
+ * would outlive it (and meet the next descriptor of that number). libcurl
+ * asks to read a socket only once it is connected (before, it waits to
+ * write), so that is the mark. */
 typedef struct sock_ctx {
   uv_poll_t poll;
   sl_fetch *f;
+  lane *lane;                  /* whose connection it is */
   curl_socket_t fd;
   struct sock_ctx *prev, *next;
   int events;                  /* what the poll watches, 0 if stopped */
-  unsigned kept : 1, idle : 1;
+  unsigned kept : 1, idle : 1, connected : 1;
 } sock_ctx;
 
 static void maybe_free(sl_fetch *f) {
@@ -97,7 +117,9 @@ static void on_poll_closed(uv_handle_t *h) {
 }
 
 static void on_timer_closed(uv_handle_t *h) {
-  sl_fetch *f = h->data;
+  lane *l = h->data;
+  sl_fetch *f = l->f;
+  free(l);
   f->open_handles--;
   maybe_free(f);
 }
@@ -134,118 +156,12 @@ static void host_put(sl_fetch *f, host_count *hc) {
   }
 }
 
-/* ---- libcurl's memory ----
- * libcurl allocates and frees a few dozen blocks for each transfer, among
- * them a 16 KiB receive buffer. With a thousand transfers in flight, glibc's
- * per-thread cache (seven blocks a size) overflows into its bins, and each
- * receive buffer, a large block, makes it merge every small free block
- * first. libcurl's blocks are therefore rounded up to size classes (four to
- * each doubling, up to 64 KiB) and freed blocks are kept by class on the
- * loop thread, up to CACHE_MAX bytes in all. Other threads (libcurl's
- * resolver) allocate and free with malloc and free as they are. */
-#define HDR 16                        /* before each block: its capacity (keeps malloc's alignment) */
-#define BIG_CLASS 0                   /* over 64 KiB: not kept */
-#define NCLASSES 42
-#define CACHE_MAX ((size_t)8 << 20)
-
-static _Thread_local int on_loop;     /* this thread is the one that runs the fetcher */
-static void *kept[NCLASSES];          /* freed blocks by class, linked through their first word */
-static size_t kept_bytes;
-
-/* The class of a block of s bytes (its header included) and its capacity. */
-static unsigned size_class(size_t s, size_t *cap) {
-  if (s <= 64) {
-    *cap = 64;
-    return 1;
-  }
-  if (s > ((size_t)64 << 10)) {
-    *cap = s;
-    return BIG_CLASS;
-  }
-  unsigned b = 63u - (unsigned)__builtin_clzll((unsigned long long)(s - 1)); /* 2^b < s <= 2^(b+1) */
-  size_t step = (size_t)1 << (b - 2);
-  size_t j = (s - ((size_t)1 << b) + step - 1) / step; /* 1..4 */
-  *cap = ((size_t)1 << b) + j * step;
-  return (b - 6) * 4 + (unsigned)j + 1;
-}
-
-static void *mem_malloc(size_t n) {
-  if (n > SIZE_MAX - 2 * HDR) return NULL;
-  size_t cap;
-  unsigned c = size_class(n + HDR, &cap);
-  char *h;
-  if (c != BIG_CLASS && on_loop && kept[c]) {
-    h = kept[c];
-    memcpy(&kept[c], h, sizeof(void *));
-    kept_bytes -= cap;
-  } else if (!(h = malloc(cap))) {
-    return NULL;
-  }
-  memcpy(h, &cap, sizeof cap);
-  return h + HDR;
-}
-
-static void mem_free(void *p) {
-  if (!p) return;
-  char *h = (char *)p - HDR;
-  size_t cap, class_cap;
-  memcpy(&cap, h, sizeof cap);
-  unsigned c = size_class(cap, &class_cap);
-  if (c != BIG_CLASS && on_loop && kept_bytes + cap <= CACHE_MAX) {
-    memcpy(h, &kept[c], sizeof(void *));
-    kept[c] = h;
-    kept_bytes += cap;
-    return;
-  }
-  free(h);
-}
-
-static void *mem_realloc(void *p, size_t n) {
-  if (!p) return mem_malloc(n);
-  char *h = (char *)p - HDR;
-  size_t cap;
-  memcpy(&cap, h, sizeof cap);
-  if (n <= cap - HDR) return p;
-  void *q = mem_malloc(n);
-  if (!q) return NULL;
-  memcpy(q, p, cap - HDR);
-  mem_free(p);
-  return q;
-}
-
-static void *mem_calloc(size_t nmemb, size_t size) {
-  if (size && nmemb > SIZE_MAX / size) return NULL;
-  void *p = mem_malloc(nmemb * size);
-  if (p) memset(p, 0, nmemb * size);
-  return p;
-}
-
-static char *mem_strdup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *p = mem_malloc(n);
-  if (p) memcpy(p, s, n);
-  return p;
-}
-
-/* The kept blocks go back to malloc (when the fetcher closes). */
-static void mem_drain(void) {
-  for (unsigned c = 0; c < NCLASSES; c++) {
-    while (kept[c]) {
-      void *h = kept[c];
-      memcpy(&kept[c], h, sizeof(void *));
-      free(h);
-    }
-  }
-  kept_bytes = 0;
-}
-
 /* ---- the loop's side of libcurl ---- */
 
-static void collect(sl_fetch *f);
+static void collect(lane *l);
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock_ctx *ctx = p->data;
-  sl_fetch *f = ctx->f;
   if (ctx->idle) {
     /* No transfer wants it: the server closed it or sent what nobody asked for. */
     uv_poll_stop(&ctx->poll);
@@ -257,8 +173,9 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   /* ctx may be gone after this: libcurl can remove the socket from inside. */
-  curl_multi_socket_action(f->multi, ctx->fd, flags, &running);
-  collect(f);
+  lane *l = ctx->lane;
+  curl_multi_socket_action(l->multi, ctx->fd, flags, &running);
+  collect(l);
 }
 
 static void close_sock(sock_ctx *ctx) {
@@ -266,12 +183,25 @@ static void close_sock(sock_ctx *ctx) {
   if (ctx->prev) ctx->prev->next = ctx->next;
   else f->socks = ctx->next;
   if (ctx->next) ctx->next->prev = ctx->prev;
-  if (ctx->kept && (size_t)ctx->fd < f->nby_fd) f->by_fd[ctx->fd] = NULL;
+  if ((size_t)ctx->fd < f->nby_fd && f->by_fd[ctx->fd] == ctx) f->by_fd[ctx->fd] = NULL;
   uv_poll_stop(&ctx->poll);
   uv_close((uv_handle_t *)&ctx->poll, on_poll_closed);
 }
 
-static sock_ctx *sock_new(sl_fetch *f, curl_socket_t s) {
+/* A poll for s, found by its descriptor from then on (libcurl is never given
+ * it: a socket closed behind our back would leave it in libcurl's hands). */
+static sock_ctx *sock_new(lane *l, curl_socket_t s) {
+  sl_fetch *f = l->f;
+  if (s < 0) return NULL;
+  if ((size_t)s >= f->nby_fd) {
+    size_t n = f->nby_fd ? f->nby_fd : 64;
+    while (n <= (size_t)s) n *= 2;
+    sock_ctx **b = realloc(f->by_fd, n * sizeof *b);
+    if (!b) return NULL;
+    memset(b + f->nby_fd, 0, (n - f->nby_fd) * sizeof *b);
+    f->by_fd = b;
+    f->nby_fd = n;
+  }
   sock_ctx *ctx = calloc(1, sizeof *ctx);
   if (!ctx) return NULL;
   if (uv_poll_init_socket(f->loop, &ctx->poll, s)) {
@@ -279,12 +209,14 @@ static sock_ctx *sock_new(sl_fetch *f, curl_socket_t s) {
     return NULL;
   }
   ctx->f = f;
+  ctx->lane = l;
   ctx->fd = s;
   ctx->poll.data = ctx;
   ctx->next = f->socks;
   if (f->socks) f->socks->prev = ctx;
   f->socks = ctx;
   f->open_handles++;
+  f->by_fd[s] = ctx;
   return ctx;
 }
 
@@ -298,10 +230,12 @@ static void sock_watch(sock_ctx *ctx, int ev) {
 
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
   (void)easy;
-  sl_fetch *f = userp;
-  sock_ctx *ctx = socketp;
+  (void)socketp;
+  lane *l = userp;
+  sl_fetch *f = l->f;
+  sock_ctx *ctx = (size_t)s < f->nby_fd ? f->by_fd[s] : NULL;
   if (what == CURL_POLL_REMOVE) {
-    if (ctx && ctx->kept) {
+    if (ctx && ctx->kept && ctx->connected) {
       ctx->idle = 1;
       sock_watch(ctx, UV_READABLE);
     } else if (ctx) {
@@ -309,12 +243,14 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     }
     return 0;
   }
-  if (!ctx && (size_t)s < f->nby_fd) ctx = f->by_fd[s];
-  if (!ctx && !(ctx = sock_new(f, s))) return -1;
+  if (!ctx && !(ctx = sock_new(l, s))) return -1;
   ctx->idle = 0;
-  curl_multi_assign(f->multi, s, ctx);
+  ctx->lane = l;
   int ev = 0;
-  if (what & CURL_POLL_IN) ev |= UV_READABLE;
+  if (what & CURL_POLL_IN) {
+    ev |= UV_READABLE;
+    ctx->connected = 1;
+  }
   if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
   sock_watch(ctx, ev);
   return 0;
@@ -322,63 +258,91 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
 
 /* A connection's socket: opened here so that it is known as one (and kept, above). */
 static curl_socket_t on_open(void *arg, curlsocktype purpose, struct curl_sockaddr *a) {
-  sl_fetch *f = arg;
+  lane *l = arg;
+  sl_fetch *f = l->f;
   curl_socket_t s = socket(a->family, a->socktype, a->protocol);
   if (s < 0 || purpose != CURLSOCKTYPE_IPCXN) return s;
-  if ((size_t)s >= f->nby_fd) {
-    size_t n = f->nby_fd ? f->nby_fd : 64;
-    while (n <= (size_t)s) n *= 2;
-    sock_ctx **b = realloc(f->by_fd, n * sizeof *b);
-    if (!b) return s; /* not kept: watched transfer by transfer */
-    memset(b + f->nby_fd, 0, (n - f->nby_fd) * sizeof *b);
-    f->by_fd = b;
-    f->nby_fd = n;
-  }
-  sock_ctx *ctx = sock_new(f, s);
+  /* One left by a socket closed without on_close (above): that socket is gone. */
+  if ((size_t)s < f->nby_fd && f->by_fd[s]) close_sock(f->by_fd[s]);
+  sock_ctx *ctx = sock_new(l, s);
   if (ctx) {
     ctx->kept = 1;
     ctx->idle = 1;
-    f->by_fd[s] = ctx;
   }
   return s;
 }
 
 /* libcurl is done with a socket: its poll goes before the descriptor does. */
 static int on_close(void *arg, curl_socket_t s) {
-  sl_fetch *f = arg;
+  sl_fetch *f = ((lane *)arg)->f;
   sock_ctx *ctx = (size_t)s < f->nby_fd ? f->by_fd[s] : NULL;
   if (ctx) close_sock(ctx);
   return close(s);
 }
 
 static void on_timeout(uv_timer_t *t) {
-  sl_fetch *f = t->data;
+  lane *l = t->data;
   int running;
-  curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  collect(f);
+  curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  collect(l);
 }
 
 static int on_curl_timer(CURLM *multi, long ms, void *userp) {
   (void)multi;
-  sl_fetch *f = userp;
+  lane *l = userp;
   /* Never call back into libcurl from here: a 0 ms timeout runs from the loop. */
-  if (ms < 0) uv_timer_stop(&f->timer);
-  else uv_timer_start(&f->timer, on_timeout, (uint64_t)ms, 0);
+  if (ms < 0) uv_timer_stop(&l->timer);
+  else uv_timer_start(&l->timer, on_timeout, (uint64_t)ms, 0);
   return 0;
+}
+
+static lane *lane_new(sl_fetch *f) {
+  lane **ls = realloc(f->lanes, (f->nlanes + 1) * sizeof *ls);
+  if (!ls) return NULL;
+  f->lanes = ls;
+  lane *l = calloc(1, sizeof *l);
+  if (!l) return NULL;
+  if (!(l->multi = curl_multi_init())) {
+    free(l);
+    return NULL;
+  }
+  l->f = f;
+  uv_timer_init(f->loop, &l->timer);
+  l->timer.data = l;
+  f->open_handles++;
+  curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
+  curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
+  /* Several HTTP/2 requests to one host share its connection. */
+  curl_multi_setopt(l->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+  /* As many kept connections as it has transfers: libcurl's own bound (four
+   * per transfer in flight now) closes kept connections each time fewer are
+   * in flight, and opens new ones when more are again. */
+  curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, (long)LANE_LOAD);
+  ls[f->nlanes++] = l;
+  return l;
+}
+
+/* The lane a new transfer goes on: the first with room, so that a few at a
+ * time all share the first lane's connections. */
+static lane *lane_for(sl_fetch *f) {
+  for (unsigned i = 0; i < f->nlanes; i++)
+    if (f->lanes[i]->in_flight < LANE_LOAD) return f->lanes[i];
+  return lane_new(f);
 }
 
 sl_fetch *sl_fetch_new(uv_loop_t *loop) {
   /* Thread-safe in the libcurl Debian ships (its "threadsafe" feature); the first call sets up TLS. */
-  on_loop = 1;
-  if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, mem_malloc, mem_free, mem_realloc, mem_strdup, mem_calloc) != CURLE_OK)
-    return NULL;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
   sl_fetch *f = calloc(1, sizeof *f);
   if (!f) return NULL;
-  if (!(f->multi = curl_multi_init())) {
+  f->loop = loop;
+  if (!lane_new(f)) {
+    free(f->lanes);
     free(f);
     return NULL;
   }
-  f->loop = loop;
   sl_fetch_limits(f, 1024, 256);
   /* libcurl reads the proxy variables for each transfer: once here is enough
    * to know that none is set (the environment does not change under us). */
@@ -387,26 +351,12 @@ sl_fetch *sl_fetch_new(uv_loop_t *loop) {
   f->no_proxy_env = 1;
   for (size_t i = 0; i < sizeof proxy_vars / sizeof *proxy_vars; i++)
     if (getenv(proxy_vars[i])) f->no_proxy_env = 0;
-  uv_timer_init(loop, &f->timer);
-  f->timer.data = f;
-  f->open_handles = 1;
-  curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
-  curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-  curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f);
-  /* Several HTTP/2 requests to one host share its connection. */
-  curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
   return f;
 }
 
 void sl_fetch_limits(sl_fetch *f, unsigned max_concurrent, unsigned max_per_host) {
-  if (f->max_concurrent == max_concurrent && f->max_per_host == max_per_host) return;
   f->max_concurrent = max_concurrent;
   f->max_per_host = max_per_host;
-  /* Kept connections up to the transfers allowed at once: libcurl's own
-   * bound (four per transfer in flight now) closes kept connections each
-   * time fewer are in flight, and opens new ones when more are again. */
-  curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS, (long)max_concurrent);
 }
 
 const sl_fetch_stats *sl_fetch_get_stats(const sl_fetch *f) { return &f->st; }
@@ -519,7 +469,8 @@ static void unlink_req(sl_fetch_req *r) {
       }
     r->notifying = 0;
   }
-  curl_multi_remove_handle(f->multi, r->easy);
+  curl_multi_remove_handle(r->lane->multi, r->easy);
+  r->lane->in_flight--;
   if (r->prev) r->prev->next = r->next;
   else f->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
@@ -601,23 +552,35 @@ static void finish(sl_fetch_req *r, CURLcode code, const char *kind) {
   req_free(r);
 }
 
-/* Tells streams of their news, then hands each finished transfer to its caller. */
-static void collect(sl_fetch *f) {
+/* Tells streams of their news, then hands each finished transfer of l (and
+ * of any lane that had some while this ran) to its caller. */
+static void collect(lane *l) {
+  sl_fetch *f = l->f;
+  l->recollect = 1;
   if (f->collecting) return; /* a callback that starts a request does not collect again */
   f->collecting = 1;
-  while (f->notify) {
-    sl_fetch_req *r = f->notify;
-    f->notify = r->next_notify;
-    r->notifying = 0;
-    r->cb(r->arg, NULL);
-  }
-  CURLMsg *m;
-  int left;
-  while ((m = curl_multi_info_read(f->multi, &left)) != NULL) {
-    if (m->msg != CURLMSG_DONE) continue;
-    sl_fetch_req *r;
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-    finish(r, m->data.result, NULL);
+  for (int again = 1; again;) {
+    again = 0;
+    while (f->notify) {
+      sl_fetch_req *r = f->notify;
+      f->notify = r->next_notify;
+      r->notifying = 0;
+      r->cb(r->arg, NULL);
+    }
+    for (unsigned i = 0; i < f->nlanes; i++) {
+      lane *x = f->lanes[i];
+      if (!x->recollect) continue;
+      x->recollect = 0;
+      again = 1;
+      CURLMsg *m;
+      int left;
+      while ((m = curl_multi_info_read(x->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE) continue;
+        sl_fetch_req *r;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        finish(r, m->data.result, NULL);
+      }
+    }
   }
   f->collecting = 0;
 }
@@ -649,7 +612,8 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
     host_put(f, hc);
     return -EAGAIN;
   }
-  sl_fetch_req *r = calloc(1, sizeof *r);
+  lane *ln = lane_for(f);
+  sl_fetch_req *r = ln ? calloc(1, sizeof *r) : NULL;
   if (r) r->easy = f->nspare ? f->spare[--f->nspare] : curl_easy_init();
   if (!r || !r->easy) {
     free(r);
@@ -657,6 +621,7 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
     return -ENOMEM;
   }
   r->f = f;
+  r->lane = ln;
   r->cb = cb;
   r->arg = arg;
   r->max_body = o->max_body;
@@ -688,9 +653,9 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
     curl_easy_setopt(e, CURLOPT_NOPROXY, "");
   }
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, ln);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, ln);
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
@@ -723,7 +688,9 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   f->reqs = r;
   f->st.in_flight++;
   r->in_flight = 1;
-  if (curl_multi_add_handle(f->multi, e) != CURLM_OK) {
+  ln->in_flight++;
+  if (curl_multi_add_handle(ln->multi, e) != CURLM_OK) {
+    ln->in_flight--;
     if (r->next) r->next->prev = NULL;
     f->reqs = r->next;
     host_put(f, hc);
@@ -791,15 +758,20 @@ void sl_fetch_close(sl_fetch *f) {
     if (stream) r->f = NULL;
   }
   f->closing = 1;
-  uv_timer_stop(&f->timer);
-  uv_close((uv_handle_t *)&f->timer, on_timer_closed);
   /* The cached connections close here (libcurl lets go of their sockets);
    * the polls it did not let go of close after it. */
-  curl_multi_cleanup(f->multi);
-  f->multi = NULL;
+  for (unsigned i = 0; i < f->nlanes; i++) {
+    lane *l = f->lanes[i];
+    uv_timer_stop(&l->timer);
+    uv_close((uv_handle_t *)&l->timer, on_timer_closed);
+    curl_multi_cleanup(l->multi);
+    l->multi = NULL;
+  }
+  free(f->lanes);
+  f->lanes = NULL;
+  f->nlanes = 0;
   while (f->nspare) curl_easy_cleanup(f->spare[--f->nspare]);
   while (f->socks) close_sock(f->socks);
-  mem_drain();
   free(f->by_fd);
   f->by_fd = NULL;
   f->nby_fd = 0;
