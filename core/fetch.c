@@ -65,6 +65,7 @@ struct sl_fetch_req {
   lane *lane;
   CURL *easy;
   struct curl_slist *headers;
+  CURLU *url;                  /* parsed once: libcurl is given it (CURLOPT_CURLU) instead of parsing the text again */
   sl_fetch_cb cb;
   void *arg;
   host_count *host;
@@ -451,6 +452,7 @@ static void req_free(sl_fetch_req *r) {
     curl_easy_cleanup(r->easy);
   }
   curl_slist_free_all(r->headers);
+  curl_url_cleanup(r->url);
   free(r->head);
   free(r->body);
   free(r);
@@ -595,21 +597,17 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
             curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
             (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0);
   curl_free(scheme);
-  curl_url_cleanup(u);
-  if (bad) {
-    curl_free(host);
-    return -EINVAL;
-  }
-  if (f->st.in_flight >= f->max_concurrent) {
-    curl_free(host);
-    return -EBUSY;
-  }
-  host_count *hc = host_get(f, host);
+  int busy = !bad && f->st.in_flight >= f->max_concurrent;
+  host_count *hc = bad || busy ? NULL : host_get(f, host);
   curl_free(host);
-  if (!hc) return -ENOMEM;
+  if (!hc) {
+    curl_url_cleanup(u);
+    return bad ? -EINVAL : busy ? -EBUSY : -ENOMEM;
+  }
   hc->n++; /* host_put undoes it on every way out */
   if (hc->n > f->max_per_host) {
     host_put(f, hc);
+    curl_url_cleanup(u);
     return -EAGAIN;
   }
   lane *ln = lane_for(f);
@@ -618,8 +616,10 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   if (!r || !r->easy) {
     free(r);
     host_put(f, hc);
+    curl_url_cleanup(u);
     return -ENOMEM;
   }
+  r->url = u;
   r->f = f;
   r->lane = ln;
   r->cb = cb;
@@ -634,10 +634,12 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
     else r->headers = l;
   }
   /* No "Expect: 100-continue" round trip before a body: the answer comes at once. */
-  struct curl_slist *l = fail ? NULL : curl_slist_append(r->headers, "Expect:");
-  if (!l) fail = 1;
-  else r->headers = l;
-  fail = fail || curl_easy_setopt(e, CURLOPT_URL, o->url) != CURLE_OK;
+  if (o->body && !fail) {
+    struct curl_slist *l = curl_slist_append(r->headers, "Expect:");
+    if (!l) fail = 1;
+    else r->headers = l;
+  }
+  fail = fail || curl_easy_setopt(e, CURLOPT_CURLU, u) != CURLE_OK;
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
