@@ -208,6 +208,34 @@ describe("sluice.http under load", function()
     up:stop()
   end)
 
+  it("keeps the connections a burst opened for the next burst (none opened again)", function()
+    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info", prefix = { "env", "UPSTREAM_SLOW=2" } })
+    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    -- 150 requests held 2 s each by the upstream: as many connections at once
+    local function burst()
+      local cs = {}
+      for i = 1, 150 do
+        local c = s:connect()
+        c:send("GET /get/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        cs[i] = c
+      end
+      for _, c in ipairs(cs) do
+        local r = assert(c:read_response(30))
+        assert.equal(200, r.status)
+        c:close()
+      end
+    end
+    local before = number_at(up, "/accepted")
+    burst()
+    local opened = number_at(up, "/accepted")
+    assert.is_true(opened - before > 64, (opened - before) .. " connections for the first burst")
+    burst()
+    local again = number_at(up, "/accepted") - opened - 1 -- the ask itself is one
+    assert.is_true(again <= 2, again .. " connections opened again for the second burst")
+    s:stop()
+    up:stop()
+  end)
+
   it("lets a transfer started before a reload finish in the old state", function()
     local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
     local src = gw.read_file(APP)
