@@ -185,24 +185,33 @@ describe("sluice.http", function()
 end)
 
 describe("sluice.http under load", function()
-  it("keeps a generator ticking while 200 handlers wait on a 2-second upstream", function()
-    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
-    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
-    local waiting = {}
-    for i = 1, 200 do
+  -- n clients each asking the gateway for the upstream's slow answer
+  local function slow_requests(s, n)
+    local cs = {}
+    for i = 1, n do
       local c = s:connect()
       c:send("GET /get/slow?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
-      waiting[i] = c
+      cs[i] = c
     end
-    local ticks = s:sse("/ticks")
-    -- ten ticks arrive while every one of the 200 still waits for its answer
-    for i = 1, 10 do assert.equal(tostring(i), assert(ticks:read_event()).data) end
-    for _, c in ipairs(waiting) do assert.equal("", c.buf) end
-    for _, c in ipairs(waiting) do
+    return cs
+  end
+  local function all_answered(cs)
+    for _, c in ipairs(cs) do
       local r = assert(c:read_response(30))
       assert.equal(200, r.status)
       c:close()
     end
+  end
+
+  it("keeps a generator ticking while 200 handlers wait on a 2-second upstream", function()
+    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
+    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    local waiting = slow_requests(s, 200)
+    local ticks = s:sse("/ticks")
+    -- ten ticks arrive while every one of the 200 still waits for its answer
+    for i = 1, 10 do assert.equal(tostring(i), assert(ticks:read_event()).data) end
+    for _, c in ipairs(waiting) do assert.equal("", c.buf) end
+    all_answered(waiting)
     ticks:close()
     s:stop()
     up:stop()
@@ -212,19 +221,7 @@ describe("sluice.http under load", function()
     local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info", prefix = { "env", "UPSTREAM_SLOW=2" } })
     local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
     -- 150 requests held 2 s each by the upstream: as many connections at once
-    local function burst()
-      local cs = {}
-      for i = 1, 150 do
-        local c = s:connect()
-        c:send("GET /get/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        cs[i] = c
-      end
-      for _, c in ipairs(cs) do
-        local r = assert(c:read_response(30))
-        assert.equal(200, r.status)
-        c:close()
-      end
-    end
+    local function burst() all_answered(slow_requests(s, 150)) end
     local before = number_at(up, "/accepted")
     burst()
     local opened = number_at(up, "/accepted")
