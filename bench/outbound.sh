@@ -2,8 +2,9 @@
 # Outbound I/O from scripts (sluice.http), side by side in one run.
 #   bash bench/outbound.sh proxy [CONNS] [SECS]   CONNS (1,000) clients at once, each request answered with a
 #       local upstream's (nginx, "hello"), through Sluice (a script calling sluice.http.get) and then through
-#       nginx's proxy_pass: requests/s, p50/p99, the gateway's CPU per request, memory per request in flight
-#       (the same CONNS held on an upstream that waits 2 s)
+#       nginx's proxy_pass, ROUNDS (3) times alternately: requests/s, p50/p99, the gateway's CPU per request and
+#       the ratio of the two each round, memory per request in flight (the same CONNS held on an upstream that
+#       waits 2 s)
 #   bash bench/outbound.sh relay [N] [HZ] [SECS]  one upstream event stream (HZ, 20, events/s) relayed to N
 #       (10,000) subscribers (sluice.http.events, then sluice.publish), against the same events published
 #       directly: deliveries/s, p50/p99, the gateway's CPU per delivery
@@ -107,8 +108,18 @@ if [ "$MODE" = proxy ]; then
   NP_PORT=$(free_port)
   nginx_on proxy "$NP_PORT" 'location = /p { proxy_pass http://origin/; proxy_http_version 1.1; proxy_set_header Connection ""; }'
   NP_PID=$NG_PID
-  load sluice "$SL_PORT" "$SL_PID"
-  load nginx "$NP_PORT" "$NP_PID"
+  # ROUNDS (3) of each, alternately: this machine's speed drifts over minutes,
+  # so one of each in a row can compare two different machines.
+  ratios=()
+  for _ in $(seq 1 "${ROUNDS:-3}"); do
+    sl=$(load sluice "$SL_PORT" "$SL_PID")
+    ng=$(load nginx "$NP_PORT" "$NP_PID")
+    echo "$sl"
+    echo "$ng"
+    us() { echo "$1" | sed -n 's/.*gateway_cpu_per_request_us=\([0-9.]*\).*/\1/p'; }
+    ratios+=("$(awk -v a="$(us "$sl")" -v b="$(us "$ng")" 'BEGIN { printf "%.2f", a / b }')")
+  done
+  echo "cpu_per_request_ratios=${ratios[*]} median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
   # memory per request in flight: the same gateways in front of the upstream's /slow
   kill "$SL_PID"
   SL_PORT=$(free_port)
