@@ -233,6 +233,31 @@ describe("sluice.http under load", function()
     up:stop()
   end)
 
+  it("answers beside connections that are refused, many at once, twice over", function()
+    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info", prefix = { "env", "UPSTREAM_SLOW=1" } })
+    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    -- sockets whose connect fails are closed by libcurl without telling; their
+    -- descriptors come back at once for the next connections
+    for _ = 1, 2 do
+      local good = slow_requests(s, 60)
+      local refused = {}
+      for i = 1, 60 do
+        local c = s:connect()
+        c:send("GET /refused HTTP/1.1\r\nHost: x\r\n\r\n")
+        refused[i] = c
+      end
+      for _, c in ipairs(refused) do
+        local r = assert(c:read_response(30))
+        assert.equal(502, r.status)
+        assert.matches("^connect|", r.body)
+        c:close()
+      end
+      all_answered(good)
+    end
+    s:stop()
+    up:stop()
+  end)
+
   it("lets a transfer started before a reload finish in the old state", function()
     local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
     local src = gw.read_file(APP)
