@@ -185,15 +185,21 @@ describe("sluice.http", function()
 end)
 
 describe("sluice.http under load", function()
-  -- n clients each asking the gateway for the upstream's slow answer
-  local function slow_requests(s, n)
+  -- n clients each asking the gateway for path (by default the upstream's slow answer)
+  local function slow_requests(s, n, path)
     local cs = {}
     for i = 1, n do
       local c = s:connect()
-      c:send("GET /get/slow?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+      c:send("GET " .. (path or "/get/slow?timeout=30") .. " HTTP/1.1\r\nHost: x\r\n\r\n")
       cs[i] = c
     end
     return cs
+  end
+  -- an upstream whose slow answer takes slow seconds (2 unless given), and a gateway in front
+  local function gateways(slow)
+    local up = gw.start("spec/fixtures/upstream_app.lua",
+      { log_level = "info", prefix = slow and { "env", "UPSTREAM_SLOW=" .. slow } or nil })
+    return up, gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
   end
   local function all_answered(cs)
     for _, c in ipairs(cs) do
@@ -204,8 +210,7 @@ describe("sluice.http under load", function()
   end
 
   it("keeps a generator ticking while 200 handlers wait on a 2-second upstream", function()
-    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
-    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    local up, s = gateways()
     local waiting = slow_requests(s, 200)
     local ticks = s:sse("/ticks")
     -- ten ticks arrive while every one of the 200 still waits for its answer
@@ -218,8 +223,7 @@ describe("sluice.http under load", function()
   end)
 
   it("keeps the connections a burst opened for the next burst (none opened again)", function()
-    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info", prefix = { "env", "UPSTREAM_SLOW=2" } })
-    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    local up, s = gateways(2)
     -- 150 requests held 2 s each by the upstream: as many connections at once
     local function burst() all_answered(slow_requests(s, 150)) end
     local before = number_at(up, "/accepted")
@@ -234,19 +238,12 @@ describe("sluice.http under load", function()
   end)
 
   it("answers beside connections that are refused, many at once, twice over", function()
-    local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info", prefix = { "env", "UPSTREAM_SLOW=1" } })
-    local s = gw.start(APP, { log_level = "info", prefix = { "env", "UPSTREAM=http://127.0.0.1:" .. up.port } })
+    local up, s = gateways(1)
     -- sockets whose connect fails are closed by libcurl without telling; their
     -- descriptors come back at once for the next connections
     for _ = 1, 2 do
       local good = slow_requests(s, 60)
-      local refused = {}
-      for i = 1, 60 do
-        local c = s:connect()
-        c:send("GET /refused HTTP/1.1\r\nHost: x\r\n\r\n")
-        refused[i] = c
-      end
-      for _, c in ipairs(refused) do
+      for _, c in ipairs(slow_requests(s, 60, "/refused")) do
         local r = assert(c:read_response(30))
         assert.equal(502, r.status)
         assert.matches("^connect|", r.body)
