@@ -34,8 +34,10 @@ static void cancel_fetch(void **slot) {
 /* Pushes the header lines of head (status line first) as a table: lower-case
  * names; a repeated header is a list of its values in order. */
 static void push_head(lua_State *L, const char *head, size_t len) {
-  lua_newtable(L);
   const char *p = head, *end = head + len;
+  int lines = 0;
+  for (const char *q = p; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++) lines++;
+  lua_createtable(L, 0, lines > 2 ? lines - 2 : 0); /* sized once: no status line, no blank line */
   const char *lf = memchr(p, '\n', len);
   p = lf ? lf + 1 : end; /* the status line */
   char name[256];

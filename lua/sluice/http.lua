@@ -17,6 +17,7 @@ local DEFAULT_MAX_BODY = 4 * 1024 * 1024
 local KEYS = { url = true, method = true, headers = true, body = true, form = true, timeout = true,
   connect_timeout = true, max_body = true, follow = true, insecure = true, cainfo = true }
 
+local SPANS = { "timeout", "connect_timeout" }
 local function seconds(v) return type(v) == "number" and v > 0 and v == v end
 
 --- application/x-www-form-urlencoded text of a table (keys sorted, lists repeated).
@@ -90,7 +91,7 @@ local function prepare(opts, level, stream)
       error("sluice.http.request: body must be a string or a table (sent as JSON, or as a form with form = true)", level)
     end
   end
-  for _, k in ipairs { "timeout", "connect_timeout" } do
+  for _, k in ipairs(SPANS) do
     if opts[k] ~= nil and not seconds(opts[k]) then
       error("sluice.http.request: " .. k .. " must be a positive number of seconds", level)
     end
