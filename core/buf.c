@@ -93,14 +93,20 @@ int sl_sb_addf(sl_sb *sb, const char *fmt, ...) {
   return 0;
 }
 
-int sl_sb_addu(sl_sb *sb, uint64_t v) {
+size_t sl_u64_digits(uint64_t v, char out[20]) {
   char t[20];
   size_t i = sizeof t;
   do {
     t[--i] = (char)('0' + v % 10);
     v /= 10;
   } while (v);
-  return sl_sb_add(sb, t + i, sizeof t - i);
+  memcpy(out, t + i, sizeof t - i);
+  return sizeof t - i;
+}
+
+int sl_sb_addu(sl_sb *sb, uint64_t v) {
+  char t[20];
+  return sl_sb_add(sb, t, sl_u64_digits(v, t));
 }
 
 sl_buf *sl_sb_finish(sl_sb *sb) {

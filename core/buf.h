@@ -45,6 +45,8 @@ int sl_sb_addc(sl_sb *sb, char c);
 int sl_sb_addf(sl_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* v in decimal. */
 int sl_sb_addu(sl_sb *sb, uint64_t v);
+/* The decimal digits of v written at out (no NUL); how many. */
+size_t sl_u64_digits(uint64_t v, char out[20]);
 /* The built buffer (one reference, owned by the caller); the builder is empty afterwards. */
 sl_buf *sl_sb_finish(sl_sb *sb);
 void sl_sb_free(sl_sb *sb);

@@ -39,13 +39,15 @@ typedef struct lane {
   CURLM *multi;
   uv_timer_t timer;
   unsigned in_flight;
-  unsigned recollect : 1;      /* finished transfers to collect once the collect under way is done */
+  struct lane *next_due;       /* the other lanes with transfers to collect (f->due) */
+  unsigned due : 1;            /* on that list */
 } lane;
 
 struct sl_fetch {
   uv_loop_t *loop;
   lane **lanes;                /* made as the transfers in flight need them, the first with the fetcher */
   unsigned nlanes;
+  lane *due;                   /* lanes whose finished transfers are to be collected */
   sl_fetch_req *reqs;          /* every request in flight */
   sl_fetch_req *notify;        /* streams with something new for their callers */
   host_count *hosts[HOST_BUCKETS];
@@ -558,32 +560,33 @@ static void finish(sl_fetch_req *r, CURLcode code, const char *kind) {
  * of any lane that had some while this ran) to its caller. */
 static void collect(lane *l) {
   sl_fetch *f = l->f;
-  l->recollect = 1;
+  if (!l->due) {
+    l->due = 1;
+    l->next_due = f->due;
+    f->due = l;
+  }
   if (f->collecting) return; /* a callback that starts a request does not collect again */
   f->collecting = 1;
-  for (int again = 1; again;) {
-    again = 0;
+  do {
     while (f->notify) {
       sl_fetch_req *r = f->notify;
       f->notify = r->next_notify;
       r->notifying = 0;
       r->cb(r->arg, NULL);
     }
-    for (unsigned i = 0; i < f->nlanes; i++) {
-      lane *x = f->lanes[i];
-      if (!x->recollect) continue;
-      x->recollect = 0;
-      again = 1;
-      CURLMsg *m;
-      int left;
-      while ((m = curl_multi_info_read(x->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE) continue;
-        sl_fetch_req *r;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-        finish(r, m->data.result, NULL);
-      }
+    lane *x = f->due;
+    if (!x) break;
+    f->due = x->next_due;
+    x->due = 0;
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(x->multi, &left)) != NULL) {
+      if (m->msg != CURLMSG_DONE) continue;
+      sl_fetch_req *r;
+      curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+      finish(r, m->data.result, NULL);
     }
-  }
+  } while (f->notify || f->due);
   f->collecting = 0;
 }
 

@@ -14,11 +14,9 @@ int sl_number_text(double v, char out[SL_NUMBER_MAX]) {
     /* the digits by hand: ids and counters go through here for every event */
     long long n = (long long)v;
     unsigned long long u = n < 0 ? 0ull - (unsigned long long)n : (unsigned long long)n;
-    char tmp[24];
-    int k = 0, len = 0;
-    do tmp[k++] = (char)('0' + u % 10); while ((u /= 10) != 0);
-    if (n < 0) out[len++] = '-';
-    while (k) out[len++] = tmp[--k];
+    int len = n < 0;
+    if (n < 0) out[0] = '-';
+    len += (int)sl_u64_digits(u, out + len);
     out[len] = '\0';
     return len;
   }
