@@ -1,8 +1,11 @@
 /* watchdog: see watchdog.h.
  *
- * The main thread marks when it enters and leaves Lua (sl_watchdog_enter /
- * leave: two stores). A second thread looks every 50 ms; when Lua has been
- * running longer than the limit it signals the main thread, whose handler sets
+ * The main thread counts when it enters and leaves Lua (sl_watchdog_enter /
+ * leave: a store each, no clock read: every resume of every coroutine comes
+ * through here). A second thread looks every 50 ms and times an entry from
+ * the first look that finds it still running (so it can be up to one look
+ * late); when Lua has been running longer than the limit it signals the main
+ * thread, whose handler sets
  * a count hook, as luajit's own REPL does on Ctrl-C: the next Lua instruction
  * interpreted raises an error in the script, where its handler's error path
  * reports and ends it. Code the JIT compiled runs no hooks; the Lua states run
@@ -31,8 +34,7 @@
 static struct {
   pthread_t main, thread;
   int started;
-  _Atomic uint64_t since;    /* ns (monotonic) when the main thread entered Lua; 0 outside */
-  _Atomic uint64_t episode;  /* counts entries into Lua */
+  _Atomic uint64_t episode;  /* counts entries into Lua and exits from it: odd while inside */
   _Atomic uint64_t fired;    /* the episode the watchdog fired for */
   _Atomic uint64_t limit_ns; /* 0: off */
   _Atomic int stop;
@@ -48,15 +50,22 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Release stores (plain moves on x86, where sequentially consistent ones are
- * locked instructions): the watchdog thread reads since first, with acquire,
- * and then sees what was stored before it. Every resume comes through here. */
+/* Only the main thread writes the episode. Release stores (plain moves on
+ * x86, where sequentially consistent ones are locked instructions): the
+ * watchdog thread reads the episode first, with acquire, and then sees what
+ * was stored before it. */
+static void bump(void) {
+  atomic_store_explicit(&wd.episode, atomic_load_explicit(&wd.episode, memory_order_relaxed) + 1,
+                        memory_order_release);
+}
+
+static int inside(uint64_t episode) { return episode & 1; }
+
 static void enter(lua_State *L, const char *what) {
   if (wd.depth++) return;
   atomic_store_explicit(&wd.L, L, memory_order_relaxed);
   atomic_store_explicit(&wd.what, what, memory_order_relaxed);
-  atomic_store_explicit(&wd.episode, atomic_load_explicit(&wd.episode, memory_order_relaxed) + 1, memory_order_relaxed);
-  atomic_store_explicit(&wd.since, now_ns(), memory_order_release);
+  bump();
 }
 
 void sl_watchdog_enter(lua_State *L) { enter(L, NULL); }
@@ -67,7 +76,7 @@ void sl_watchdog_jit(int delta) { atomic_fetch_add(&wd.jit_states, delta); }
 
 void sl_watchdog_leave(void) {
   if (--wd.depth) return;
-  atomic_store_explicit(&wd.since, 0, memory_order_release);
+  bump();
 }
 
 void sl_watchdog_limit(double seconds) {
@@ -78,7 +87,8 @@ static void hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
   /* A hook set for an episode that has ended since is not for this code. */
-  if (atomic_load(&wd.fired) != atomic_load(&wd.episode) || !atomic_load(&wd.since)) return;
+  uint64_t ep = atomic_load(&wd.episode);
+  if (atomic_load(&wd.fired) != ep || !inside(ep)) return;
   /* Where the script was (level 0: the function running, the hook adds no frame). */
   luaL_where(L, 0);
   lua_pushfstring(L, "watchdog: the script kept the gateway busy for more than %f s (a loop that never ends?)",
@@ -90,7 +100,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
 static void on_signal(int sig) {
   (void)sig;
   lua_State *L = atomic_load(&wd.L);
-  if (L && atomic_load(&wd.since)) lua_sethook(L, hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  if (L && inside(atomic_load(&wd.episode))) lua_sethook(L, hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 /* Says why the gateway could not be stopped, and exits with status 70. */
@@ -117,13 +127,18 @@ static void give_up(uint64_t late_ns) {
 
 static void *run(void *arg) {
   (void)arg;
-  uint64_t fired_at = 0;
+  uint64_t fired_at = 0, seen = 0, since = 0; /* seen: the episode timed from since */
   while (!atomic_load(&wd.stop)) {
     usleep(50000);
-    uint64_t since = atomic_load_explicit(&wd.since, memory_order_acquire);
-    uint64_t limit = atomic_load(&wd.limit_ns), ep = atomic_load(&wd.episode);
-    if (!since || !limit) continue;
+    uint64_t ep = atomic_load_explicit(&wd.episode, memory_order_acquire);
+    uint64_t limit = atomic_load(&wd.limit_ns);
+    if (!inside(ep) || !limit) continue;
     uint64_t now = now_ns();
+    if (ep != seen) {
+      seen = ep;
+      since = now;
+      continue;
+    }
     if (now - since <= limit) continue;
     if (atomic_load(&wd.fired) != ep) {
       atomic_store(&wd.fired, ep);
