@@ -245,7 +245,7 @@ static int api_send(lua_State *L) {
 
 /* ---- streams the scheduler steps (sl_task_drive) ---- */
 
-/* Registry keys: the library's Message metatable, and its to_data(v). */
+/* Registry keys: the library's Message metatable (anchored), and its to_data(v). */
 static char message_key, to_data_key;
 /* What lua_tocfunction says of a function made by coroutine.wrap (LuaJIT:
  * NULL, a built-in fast function), once known; its coroutine is its upvalue. */
@@ -261,17 +261,16 @@ static int drive_send(sl_conn *c, const ev_args *a) {
   return sl_conn_backlogged(c) ? 1 : 0;
 }
 
-/* A Message's fields, by their names kept in a registry table of the state
- * (field_key): a raw get with the key at hand, where lua_getfield would
+/* A Message's fields, by their names anchored in the registry's array part
+ * (vm->field_refs): a raw get with the key at hand, where lua_getfield would
  * intern the name again each time. */
-enum { F_DATA = 1, F_ID, F_EVENT, F_RETRY };
-static char field_key;
+enum { F_DATA, F_ID, F_EVENT, F_RETRY };
 
-/* A Message's field f (the message at 1, the names at names), pushed on co; as text, or NULL if nil. */
-static const char *message_field(lua_State *co, int names, int f, size_t *len) {
-  lua_rawgeti(co, names, f);
+/* A Message's field f (the message at 1), pushed on co; as text, or NULL if nil. */
+static const char *message_field(lua_State *co, const sl_vm *vm, int f, size_t *len) {
+  lua_rawgeti(co, LUA_REGISTRYINDEX, vm->field_refs[f]);
   lua_rawget(co, 1);
-  return lua_isnil(co, -1) ? NULL : lua_tolstring(co, -1, len);
+  return lua_type(co, -1) == LUA_TNIL ? NULL : lua_tolstring(co, -1, len);
 }
 
 static int drive_value(sl_task *t, lua_State *co) {
@@ -287,21 +286,17 @@ static int drive_value(sl_task *t, lua_State *co) {
     a.data = num;
     a.len = strlen(num);
   } else if (type == LUA_TTABLE && lua_getmetatable(co, 1)) {
-    lua_pushlightuserdata(co, &message_key);
-    lua_rawget(co, LUA_REGISTRYINDEX);
-    int message = lua_rawequal(co, -1, -2);
-    lua_pop(co, 2);
+    const sl_vm *vm = t->vm;
+    int message = lua_topointer(co, -1) == vm->message_mt;
+    lua_pop(co, 1);
     if (message) {
       /* checked when it was made (sluice.message) */
-      lua_pushlightuserdata(co, &field_key);
-      lua_rawget(co, LUA_REGISTRYINDEX);
-      int names = lua_gettop(co);
-      a.data = message_field(co, names, F_DATA, &a.len);
-      a.id = message_field(co, names, F_ID, &a.idlen);
-      a.ev = message_field(co, names, F_EVENT, &a.evlen);
-      lua_rawgeti(co, names, F_RETRY);
+      a.data = message_field(co, vm, F_DATA, &a.len);
+      a.id = message_field(co, vm, F_ID, &a.idlen);
+      a.ev = message_field(co, vm, F_EVENT, &a.evlen);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, vm->field_refs[F_RETRY]);
       lua_rawget(co, 1);
-      if (lua_isnumber(co, -1)) a.retry = (long long)lua_tonumber(co, -1);
+      if (lua_type(co, -1) == LUA_TNUMBER) a.retry = (long long)lua_tonumber(co, -1);
       if (!a.data) a.data = "", a.len = 0;
     }
   }
@@ -342,81 +337,6 @@ static void drive_done(sl_task *t, lua_State *co, int failed) {
 
 static const sl_drive stream_drive = {drive_value, drive_done};
 
-/* A message field given as a string or a finite number, as text on L (replacing
- * it at idx); 0, or -1 (anything else, or CR, LF or NUL in it). */
-static int field_text(lua_State *L, int idx) {
-  if (lua_type(L, idx) == LUA_TNUMBER) {
-    double v = lua_tonumber(L, idx);
-    if (v != v || isinf(v)) return -1;
-    char t[SL_NUMBER_MAX];
-    int n = sl_number_text(v, t);
-    lua_pushlstring(L, t, (size_t)n);
-    lua_replace(L, idx);
-    return 0;
-  }
-  if (lua_type(L, idx) != LUA_TSTRING) return -1;
-  size_t len;
-  const char *s = lua_tolstring(L, idx, &len);
-  return sl_sse_check_field(s, len) ? -1 : 0;
-}
-
-/* message(data, opts) -> sluice.message's table for the plain cases (data a
- * string or a number; opts nil or with id, event and retry that need no
- * error), else nothing: the library's own code then checks and explains. */
-static int api_message(lua_State *L) {
-  int dt = lua_type(L, 1);
-  if (dt != LUA_TSTRING && dt != LUA_TNUMBER) return 0;
-  if (dt == LUA_TNUMBER && (lua_tonumber(L, 1) != lua_tonumber(L, 1) || isinf(lua_tonumber(L, 1)))) return 0;
-  int ot = lua_type(L, 2);
-  if (ot != LUA_TNIL && ot != LUA_TNONE && ot != LUA_TTABLE) return 0;
-  lua_settop(L, 2);
-  lua_pushnil(L); /* 3: id */
-  lua_pushnil(L); /* 4: event */
-  lua_pushnil(L); /* 5: retry */
-  if (ot == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-      int slot = strcmp(k, "id") == 0 ? 3 : strcmp(k, "event") == 0 ? 4 : strcmp(k, "retry") == 0 ? 5 : 0;
-      if (!slot) return 0;
-      lua_replace(L, slot);
-    }
-    if (!lua_isnil(L, 3) && field_text(L, 3)) return 0;
-    if (!lua_isnil(L, 4) && field_text(L, 4)) return 0;
-    if (!lua_isnil(L, 5)) {
-      if (lua_type(L, 5) != LUA_TNUMBER) return 0;
-      double r = lua_tonumber(L, 5);
-      if (!(r >= 0) || r != floor(r) || r > 9007199254740991.0) return 0;
-    }
-  }
-  if (dt == LUA_TNUMBER) {
-    char t[SL_NUMBER_MAX];
-    int n = sl_number_text(lua_tonumber(L, 1), t);
-    lua_pushlstring(L, t, (size_t)n);
-    lua_replace(L, 1);
-  }
-  lua_createtable(L, 0, 4);
-  lua_pushvalue(L, 1);
-  lua_setfield(L, -2, "data");
-  if (!lua_isnil(L, 3)) {
-    lua_pushvalue(L, 3);
-    lua_setfield(L, -2, "id");
-  }
-  if (!lua_isnil(L, 4)) {
-    lua_pushvalue(L, 4);
-    lua_setfield(L, -2, "event");
-  }
-  if (!lua_isnil(L, 5)) {
-    lua_pushvalue(L, 5);
-    lua_setfield(L, -2, "retry");
-  }
-  lua_pushlightuserdata(L, &message_key);
-  lua_rawget(L, LUA_REGISTRYINDEX);
-  if (!lua_istable(L, -1)) return 0;
-  lua_setmetatable(L, -2);
-  return 1;
-}
-
 /* drive(conn, gen, label) -> true if the scheduler steps the generator (a
  * coroutine, or a function coroutine.wrap made) from now on; false: the
  * library's own loop does. */
@@ -444,14 +364,13 @@ static int api_stream_helpers(lua_State *L) {
   lua_pushlightuserdata(L, &to_data_key);
   lua_pushvalue(L, 2);
   lua_rawset(L, LUA_REGISTRYINDEX);
+  sl_vm *vm = vm_of(L);
+  vm->message_mt = lua_topointer(L, 1);
   static const char *const names[] = {"data", "id", "event", "retry"};
-  lua_pushlightuserdata(L, &field_key);
-  lua_createtable(L, 4, 0);
   for (int f = F_DATA; f <= F_RETRY; f++) {
-    lua_pushstring(L, names[f - 1]);
-    lua_rawseti(L, -2, f);
+    lua_pushstring(L, names[f]);
+    vm->field_refs[f] = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  lua_rawset(L, LUA_REGISTRYINDEX);
   if (!wrap_known) {
     lua_getglobal(L, "coroutine");
     lua_getfield(L, -1, "wrap");
@@ -1246,7 +1165,7 @@ static int open_core(lua_State *L) {
       {"closed", api_closed},   {"fail", api_fail},       {"expire", api_expire}, {"time", api_time},       {"now", api_now},         {"log", api_log},       {"log_enabled", api_log_enabled},
       {"config", api_config},   {"timer", api_timer},
       {"subscribe", api_subscribe}, {"release", api_release}, {"change", api_change}, {"kick", api_kick}, {"selector_ok", api_selector_ok},
-      {"copyable", api_copyable}, {"drive", api_drive}, {"message", api_message}, {"stream_helpers", api_stream_helpers}, {"last_event_id", api_last_event_id},
+      {"copyable", api_copyable}, {"drive", api_drive}, {"stream_helpers", api_stream_helpers}, {"last_event_id", api_last_event_id},
       {"kept", api_kept}, {"topic_matches", api_topic_matches},
       {"connections", api_connections}, {"conn", api_conn}, {"token_key", api_token_key}, {"previous_state", api_previous_state}, {"publish", api_publish}, {"subscribers", api_subscribers},
       {"stats", api_stats},     {"secure_compare", api_secure_compare},

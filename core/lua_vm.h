@@ -28,6 +28,8 @@ typedef struct sl_vm {
   struct sl_task *current; /* the task being resumed, if any */
   void *tags[3];           /* the scheduler's tags (sched.h), anchored by tag_refs */
   int tag_refs[3];
+  const void *message_mt;  /* the library's Message metatable (anchored in the registry) */
+  int field_refs[4];       /* the names of a Message's fields (data, id, event, retry), anchored */
   char *script;
 } sl_vm;
 

@@ -70,6 +70,12 @@ describe("script API", function()
     assert.matches("^1795553552928042 %d+$", get("/numbers/publish").body)
   end)
 
+  it("makes the same messages and errors as sluice.event's rules, for every kind of data and option", function()
+    local out = json.decode(get("/message/same").body)
+    assert.equal(14 * 29, out.cases)
+    assert.same({}, out.differ)
+  end)
+
   it("rejects unknown option keys everywhere", function()
     for fn, key in pairs { message = "evnt", publish = "evnt", stream = "heartbeats", raw = "stauts",
       subscribe = "on_closed", every = "overlaps" } do
