@@ -114,7 +114,7 @@ static const char *read_opts(lua_State *L, sl_fetch_opts *o) {
   memset(o, 0, sizeof *o);
   o->url = luaL_checklstring(L, 1, &ulen);
   o->method = luaL_checkstring(L, 2);
-  luaL_checktype(L, 3, LUA_TTABLE);
+  if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   o->body = luaL_optlstring(L, 4, NULL, &o->body_len);
   o->timeout_ms = (long)(luaL_optnumber(L, 5, 0) * 1000);
   o->connect_timeout_ms = (long)(luaL_optnumber(L, 6, 0) * 1000);
@@ -123,8 +123,9 @@ static const char *read_opts(lua_State *L, sl_fetch_opts *o) {
   o->insecure = lua_toboolean(L, 9);
   o->cainfo = luaL_optstring(L, 10, NULL);
   if (!clean(o->url, ulen) || strlen(o->url) != ulen) return "the URL may not contain CR, LF or NUL";
-  size_t nh = lua_objlen(L, 3);
-  const char **lines = lua_newuserdata(L, (nh ? nh : 1) * sizeof *lines); /* freed by the GC: nothing leaks on an error */
+  size_t nh = lua_isnil(L, 3) ? 0 : lua_objlen(L, 3);
+  if (!nh) return NULL;
+  const char **lines = lua_newuserdata(L, nh * sizeof *lines); /* freed by the GC: nothing leaks on an error */
   for (size_t i = 0; i < nh; i++) {
     lua_rawgeti(L, 3, (int)i + 1);
     size_t n;
@@ -186,7 +187,7 @@ static int start(lua_State *L, sl_server *srv, const sl_fetch_opts *o, sl_fetch_
   return 3;
 }
 
-/* http_request(url, method, header_lines, body, timeout, connect_timeout,
+/* http_request(url, method, header_lines (nil: none), body, timeout, connect_timeout,
  * max_body, follow, insecure, cainfo) -> the await tag (the caller yields it
  * and is resumed with res, or nil, kind, detail); nil, kind, detail when it
  * cannot start; false, why for a bad argument (the library raises it where the

@@ -55,12 +55,16 @@ local function prepare(opts, level, stream)
     error("sluice.http.request: only http:// and https:// URLs with a host are supported, not '" .. url .. "'", level)
   end
   local method = opts.method or "GET"
-  if type(method) ~= "string" or not find(method, "^[%w!#$%%&'*+.^_`|~-]+$") then
-    error("sluice.http.request: method must be a token such as GET or POST", level)
+  if method ~= "GET" and method ~= "POST" then
+    if type(method) ~= "string" or not find(method, "^[%w!#$%%&'*+.^_`|~-]+$") then
+      error("sluice.http.request: method must be a token such as GET or POST", level)
+    end
+    method = upper(method)
   end
-  method = upper(method)
-  local lines, has = {}, {}
+  -- the header lines (nil if none) and the names they set, made only when there are some
+  local lines, has
   if opts.headers ~= nil then
+    lines, has = {}, {}
     if type(opts.headers) ~= "table" then error("sluice.http.request: headers must be a table", level) end
     for name, v in pairs(opts.headers) do
       if type(name) ~= "string" or not find(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
@@ -83,15 +87,22 @@ local function prepare(opts, level, stream)
     local t = type(body)
     if t == "table" and opts.form then
       body = form_encode(body)
-      if not has["content-type"] then lines[#lines + 1] = "Content-Type: application/x-www-form-urlencoded" end
+      if not (has and has["content-type"]) then
+        lines = lines or {}
+        lines[#lines + 1] = "Content-Type: application/x-www-form-urlencoded"
+      end
     elseif t == "table" then
       body = json.encode(body)
-      if not has["content-type"] then lines[#lines + 1] = "Content-Type: application/json" end
+      if not (has and has["content-type"]) then
+        lines = lines or {}
+        lines[#lines + 1] = "Content-Type: application/json"
+      end
     elseif t ~= "string" then
       error("sluice.http.request: body must be a string or a table (sent as JSON, or as a form with form = true)", level)
     end
   end
-  for _, k in ipairs(SPANS) do
+  for i = 1, #SPANS do
+    local k = SPANS[i]
     if opts[k] ~= nil and not seconds(opts[k]) then
       error("sluice.http.request: " .. k .. " must be a positive number of seconds", level)
     end
@@ -140,9 +151,11 @@ end
 
 --- sluice.http.get(url, opts): a GET.
 function _M.get(url, opts)
-  local o = {}
-  for k, v in pairs(opts or {}) do o[k] = v end
-  o.url, o.method = url, "GET"
+  local o = { url = url, method = "GET" }
+  if opts ~= nil then
+    for k, v in pairs(opts) do o[k] = v end
+    o.url, o.method = url, "GET"
+  end
   local res, kind, detail = request(o, 2)
   return res, kind, detail
 end
