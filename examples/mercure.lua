@@ -230,19 +230,19 @@ local function resolve(t)
   return (scheme and scheme:lower() or BASE_SCHEME) .. "://" .. auth .. path .. after, path
 end
 
--- Whether the topic names a resource of the hub's own (its URL's path or below).
-local function reserved(topic)
-  local _, path = resolve(topic)
+-- Whether a resolved topic's path names a resource of the hub's own (its URL's path or below).
+local function reserved(path)
   return path ~= nil and (path == HUB or path:sub(1, #HUB + 1) == HUB .. "/")
 end
 
 -- The topics of an update as the hub matches them: each as it is (for exact
--- matchers and older URI templates) and resolved (for URL patterns).
-local function hub_topics(topics)
+-- matchers and older URI templates) and resolved (for URL patterns; the
+-- resolved URLs given, or made here).
+local function hub_topics(topics, urls)
   local all = {}
-  for _, t in ipairs(topics) do
+  for i, t in ipairs(topics) do
     all[#all + 1] = t
-    all[#all + 1] = RESOLVED .. (resolve(t))
+    all[#all + 1] = RESOLVED .. (urls and urls[i] or (resolve(t)))
   end
   return all
 end
@@ -258,15 +258,20 @@ local function selector(match_type, text)
   return pcall(sluice.topic_matches, sel, "") and sel or nil
 end
 
--- Whether one of the selectors selects one of the topics.
-local function selects(sels, topics)
-  local all = hub_topics(topics)
+-- Whether one of the selectors selects one of all[from..to] (topics as hub_topics gives them).
+local function selects_any(sels, all, from, to)
   for _, s in ipairs(sels or {}) do
-    for _, t in ipairs(all) do
-      if sluice.topic_matches(s, t) then return true end
+    for i = from, to do
+      if sluice.topic_matches(s, all[i]) then return true end
     end
   end
   return false
+end
+
+-- Whether one of the selectors selects one of the topics.
+local function selects(sels, topics)
+  local all = hub_topics(topics)
+  return selects_any(sels, all, 1, #all)
 end
 
 -- ---------------------------------------------------------------- ids
@@ -530,11 +535,14 @@ sluice.post(HUB, function(req)
   if #topics == 0 then return bad("missing topic") end
   if #topics > MAX_TOPICS then return too_large("more than " .. MAX_TOPICS .. " topics") end
   local data, id, typ, retry = first(form.data), first(form.id), first(form.type), first(form.retry)
-  for _, t in ipairs(topics) do
+  local urls = {} -- each topic resolved once
+  for i, t in ipairs(topics) do
     if #t > MAX_LEN then return too_large("a topic is longer than " .. MAX_LEN .. " bytes") end
     if not clean(t) then return bad("a topic holds a control or format character, or is not UTF-8") end
     if t == "*" then return bad("the topic * is the wildcard, not a topic") end
-    if reserved(t) then return bad("the hub's own namespace is reserved: " .. t) end
+    local url, path = resolve(t)
+    if reserved(path) then return bad("the hub's own namespace is reserved: " .. t) end
+    urls[i] = url
   end
   if (id and #id > MAX_FIELD) or (typ and #typ > MAX_FIELD) then return too_large("id or type longer than " .. MAX_FIELD) end
   if data and not text_ok(data, true) then return bad("data is not UTF-8") end
@@ -543,15 +551,16 @@ sluice.post(HUB, function(req)
   if typ == "" then typ = nil end
   if typ and (typ == "mercure" or not text_ok(typ, false)) then return bad("bad type") end
   if retry and (not retry:find("^%d+$") or #retry > 15) then return bad("bad retry") end
-  for _, t in ipairs(topics) do
-    if not selects(rights.publish, { t }) then
+  local all = hub_topics(topics, urls)
+  for i, t in ipairs(topics) do
+    if not selects_any(rights.publish, all, 2 * i - 1, 2 * i) then
       return challenge(403, "insufficient_scope", "not allowed to publish to " .. t)
     end
   end
   id = id or uuid7()
   local published, err = sluice.publish(CHANNEL, sluice.message(data or "", {
     id = id, event = typ, retry = retry and tonumber(retry) or nil,
-  }), { topics = hub_topics(topics), private = form.private ~= nil })
+  }), { topics = all, private = form.private ~= nil })
   if not published then return plain(503, "not published: " .. tostring(err) .. "\n") end
   return plain(200, id)
 end)
