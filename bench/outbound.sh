@@ -2,7 +2,9 @@
 # Outbound I/O from scripts (sluice.http), side by side in one run.
 #   bash bench/outbound.sh proxy [CONNS] [SECS]   CONNS (1,000) clients at once, each request answered with a
 #       local upstream's (nginx, "hello"), through Sluice (a script calling sluice.http.get) and then through
-#       nginx's proxy_pass, ROUNDS (3) times alternately: requests/s, p50/p99, the gateway's CPU per request and
+#       nginx's proxy_pass, each warmed up for 3 s, then ROUNDS (4) times alternately (each round in the
+#       other order than the last):
+#       requests/s, p50/p99, the gateway's CPU per request and
 #       the ratio of the two each round, memory per request in flight (the same CONNS held on an upstream that
 #       waits 2 s)
 #   bash bench/outbound.sh relay [N] [HZ] [SECS]  one upstream event stream (HZ, 20, events/s) relayed to N
@@ -108,12 +110,22 @@ if [ "$MODE" = proxy ]; then
   NP_PORT=$(free_port)
   nginx_on proxy "$NP_PORT" 'location = /p { proxy_pass http://origin/; proxy_http_version 1.1; proxy_set_header Connection ""; }'
   NP_PID=$NG_PID
-  # ROUNDS (3) of each, alternately: this machine's speed drifts over minutes,
-  # so one of each in a row can compare two different machines.
+  # ROUNDS (4) of each, alternately: this machine's speed drifts over minutes,
+  # so one of each in a row can compare two different machines. Each round
+  # runs them in the other order than the last (Sluice first, then nginx
+  # first, ...), so a steady drift does not favour the one that runs second.
+  # Each warmed up first, unmeasured (3 s): both open their first client and
+  # upstream connections and grow their memory to the load before a round counts.
+  for port in "$SL_PORT" "$NP_PORT"; do wrk -t2 -c"$CONNS" -d3s "http://127.0.0.1:$port/p" >/dev/null 2>&1; done
   ratios=()
-  for _ in $(seq 1 "${ROUNDS:-3}"); do
-    sl=$(load sluice "$SL_PORT" "$SL_PID")
-    ng=$(load nginx "$NP_PORT" "$NP_PID")
+  for round in $(seq 1 "${ROUNDS:-4}"); do
+    if [ $((round % 2)) = 1 ]; then
+      sl=$(load sluice "$SL_PORT" "$SL_PID")
+      ng=$(load nginx "$NP_PORT" "$NP_PID")
+    else
+      ng=$(load nginx "$NP_PORT" "$NP_PID")
+      sl=$(load sluice "$SL_PORT" "$SL_PID")
+    fi
     echo "$sl"
     echo "$ng"
     us() { echo "$1" | sed -n 's/.*gateway_cpu_per_request_us=\([0-9.]*\).*/\1/p'; }

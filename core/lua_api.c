@@ -261,14 +261,9 @@ static int drive_send(sl_conn *c, const ev_args *a) {
   return sl_conn_backlogged(c) ? 1 : 0;
 }
 
-/* A Message's fields, by their names anchored in the registry's array part
- * (vm->field_refs): a raw get with the key at hand, where lua_getfield would
- * intern the name again each time. */
-enum { F_DATA, F_ID, F_EVENT, F_RETRY };
-
-/* A Message's field f (the message at 1), pushed on co; as text, or NULL if nil. */
-static const char *message_field(lua_State *co, const sl_vm *vm, int f, size_t *len) {
-  lua_rawgeti(co, LUA_REGISTRYINDEX, vm->field_refs[f]);
+/* A Message's field (key, enum sl_key), pushed on co (the message at 1); as text, or NULL if nil. */
+static const char *message_field(lua_State *co, const sl_vm *vm, int key, size_t *len) {
+  sl_vm_pushkey(vm, co, key);
   lua_rawget(co, 1);
   return lua_type(co, -1) == LUA_TNIL ? NULL : lua_tolstring(co, -1, len);
 }
@@ -291,10 +286,10 @@ static int drive_value(sl_task *t, lua_State *co) {
     lua_pop(co, 1);
     if (message) {
       /* checked when it was made (sluice.message) */
-      a.data = message_field(co, vm, F_DATA, &a.len);
-      a.id = message_field(co, vm, F_ID, &a.idlen);
-      a.ev = message_field(co, vm, F_EVENT, &a.evlen);
-      lua_rawgeti(co, LUA_REGISTRYINDEX, vm->field_refs[F_RETRY]);
+      a.data = message_field(co, vm, SL_K_DATA, &a.len);
+      a.id = message_field(co, vm, SL_K_ID, &a.idlen);
+      a.ev = message_field(co, vm, SL_K_EVENT, &a.evlen);
+      sl_vm_pushkey(vm, co, SL_K_RETRY);
       lua_rawget(co, 1);
       if (lua_type(co, -1) == LUA_TNUMBER) a.retry = (long long)lua_tonumber(co, -1);
       if (!a.data) a.data = "", a.len = 0;
@@ -366,11 +361,6 @@ static int api_stream_helpers(lua_State *L) {
   lua_rawset(L, LUA_REGISTRYINDEX);
   sl_vm *vm = vm_of(L);
   vm->message_mt = lua_topointer(L, 1);
-  static const char *const names[] = {"data", "id", "event", "retry"};
-  for (int f = F_DATA; f <= F_RETRY; f++) {
-    lua_pushstring(L, names[f]);
-    vm->field_refs[f] = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
   if (!wrap_known) {
     lua_getglobal(L, "coroutine");
     lua_getfield(L, -1, "wrap");

@@ -87,13 +87,17 @@ static void on_fetched(void *arg, const sl_fetch_res *res) {
     sl_task_wake(t, 3);
     return;
   }
+  const sl_vm *vm = t->vm;
   lua_createtable(co, 0, 3);
+  sl_vm_pushkey(vm, co, SL_K_STATUS);
   lua_pushinteger(co, res->status);
-  lua_setfield(co, -2, "status");
+  lua_rawset(co, -3);
+  sl_vm_pushkey(vm, co, SL_K_HEADERS);
   push_head(co, res->head, res->head_len);
-  lua_setfield(co, -2, "headers");
+  lua_rawset(co, -3);
+  sl_vm_pushkey(vm, co, SL_K_BODY);
   lua_pushlstring(co, res->body, res->body_len);
-  lua_setfield(co, -2, "body");
+  lua_rawset(co, -3);
   sl_task_wake(t, 1);
 }
 

@@ -113,6 +113,13 @@ sl_vm *sl_vm_open(sl_server *srv, const char *script, sl_buf *handover, char *er
     return NULL;
   }
   luaL_openlibs(L);
+  static const char *const keys[SL_NKEYS] = {"data",   "id",           "event",   "retry",       "method",
+                                             "target", "query_string", "headers", "body",        "remote_addr",
+                                             "http_version", "status"};
+  for (int k = 0; k < SL_NKEYS; k++) {
+    lua_pushstring(L, keys[k]);
+    vm->key_refs[k] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
 
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", script);
@@ -413,27 +420,38 @@ static void push_headers(lua_State *L, const sl_req *r) {
   if (next != small) free(next);
 }
 
-static void push_request(lua_State *L, sl_conn *c) {
+static void push_request(const sl_vm *vm, lua_State *L, sl_conn *c) {
   sl_req *r = c->req;
   lua_createtable(L, 0, 12);
+  sl_vm_pushkey(vm, L, SL_K_METHOD);
   lua_pushstring(L, llhttp_method_name((llhttp_method_t)c->parser.method));
-  lua_setfield(L, -2, "method");
+  lua_rawset(L, -3);
   const char *url = r->head;
   size_t ulen = r->url_len;
   const char *q = memchr(url, '?', ulen);
   size_t plen = q ? (size_t)(q - url) : ulen;
+  sl_vm_pushkey(vm, L, SL_K_TARGET);
   lua_pushlstring(L, url, plen);
-  lua_setfield(L, -2, "target");
+  lua_rawset(L, -3);
+  sl_vm_pushkey(vm, L, SL_K_QUERY_STRING);
   lua_pushlstring(L, q ? q + 1 : "", q ? ulen - plen - 1 : 0);
-  lua_setfield(L, -2, "query_string");
+  lua_rawset(L, -3);
+  sl_vm_pushkey(vm, L, SL_K_HEADERS);
   push_headers(L, r);
-  lua_setfield(L, -2, "headers");
+  lua_rawset(L, -3);
+  sl_vm_pushkey(vm, L, SL_K_BODY);
   lua_pushlstring(L, r->body ? r->body : "", r->body_len);
-  lua_setfield(L, -2, "body");
+  lua_rawset(L, -3);
+  sl_vm_pushkey(vm, L, SL_K_REMOTE_ADDR);
   lua_pushstring(L, c->peer);
-  lua_setfield(L, -2, "remote_addr");
-  lua_pushfstring(L, "%d.%d", (int)c->parser.http_major, (int)c->parser.http_minor);
-  lua_setfield(L, -2, "http_version");
+  lua_rawset(L, -3);
+  sl_vm_pushkey(vm, L, SL_K_HTTP_VERSION);
+  char version[8] = {(char)('0' + c->parser.http_major % 10), '.', (char)('0' + c->parser.http_minor % 10)};
+  if (c->parser.http_major > 9 || c->parser.http_minor > 9)
+    lua_pushfstring(L, "%d.%d", (int)c->parser.http_major, (int)c->parser.http_minor);
+  else
+    lua_pushlstring(L, version, 3);
+  lua_rawset(L, -3);
 }
 
 static void new_handle(sl_vm *vm, lua_State *L, sl_conn *c) {
@@ -487,7 +505,7 @@ void sl_vm_dispatch(sl_vm *vm, sl_conn *c) {
   lua_State *co = t->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, vm->dispatch_ref);
   sl_vm_push_conn(vm, co, c);
-  push_request(co, c);
+  push_request(vm, co, c);
   sl_task_resume(t, 2);
 }
 

@@ -13,6 +13,17 @@ struct sl_conn;
 struct sl_task;
 struct sl_timer;
 
+/* Field names the core reads from and writes into Lua tables for every event
+ * or request: kept interned in the registry's array part, so a table's field
+ * is a raw get or set with the key at hand (lua_getfield and lua_setfield
+ * hash and look up the name each time). */
+enum sl_key {
+  SL_K_DATA, SL_K_ID, SL_K_EVENT, SL_K_RETRY,             /* a Message */
+  SL_K_METHOD, SL_K_TARGET, SL_K_QUERY_STRING, SL_K_HEADERS, SL_K_BODY, SL_K_REMOTE_ADDR, SL_K_HTTP_VERSION, /* a request */
+  SL_K_STATUS,                                            /* an outbound response (with headers, body) */
+  SL_NKEYS
+};
+
 typedef struct sl_vm {
   lua_State *L;
   struct sl_server *srv;
@@ -29,7 +40,7 @@ typedef struct sl_vm {
   void *tags[3];           /* the scheduler's tags (sched.h), anchored by tag_refs */
   int tag_refs[3];
   const void *message_mt;  /* the library's Message metatable (anchored in the registry) */
-  int field_refs[4];       /* the names of a Message's fields (data, id, event, retry), anchored */
+  int key_refs[SL_NKEYS];  /* the field names the core reads and writes (sl_vm_pushkey), anchored */
   char *script;
 } sl_vm;
 
@@ -42,6 +53,11 @@ typedef struct sl_conn_ud {
 
 /* The registry table of every state that holds its handles by connection id (weak values). */
 #define SL_HANDLES "sluice.handles"
+
+/* Pushes the field name key (enum sl_key) of vm's state on L (L is vm->L or one of its coroutines). */
+static inline void sl_vm_pushkey(const sl_vm *vm, lua_State *L, int key) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->key_refs[key]);
+}
 
 /* Loads script into a new state, which takes handover (sluice.previous_state;
  * may be NULL). NULL on failure with err filled (file:line first). */

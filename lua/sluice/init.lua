@@ -721,6 +721,9 @@ function methods.on_close(conn, fn) on_close(conn, fn) end
 -- ---------------------------------------------------------------- the modes
 
 local TEXT = "text/plain; charset=utf-8"
+-- A response's Content-Type when the handler set none: shared, only read
+-- (the core copies headers out; merge_headers makes a new table).
+local TEXT_TYPE, JSON_TYPE = { ["Content-Type"] = TEXT }, { ["Content-Type"] = "application/json" }
 
 --- Merges extra headers over base, case-insensitively; returns a new table.
 local function merge_headers(base, extra)
@@ -871,12 +874,12 @@ local function respond(conn, req, res, cors)
   local body, headers = res.body, res.headers
   if type(body) == "table" then
     body = json.encode(body)
-    if not has_header(headers, "content-type") then headers = merge_headers({ ["Content-Type"] = "application/json" }, headers) end
+    if not has_header(headers, "content-type") then headers = headers and merge_headers(JSON_TYPE, headers) or JSON_TYPE end
   elseif body == nil then
     body = ""
   else
     if type(body) == "number" then body = number(body) end
-    if body ~= "" and not has_header(headers, "content-type") then headers = merge_headers({ ["Content-Type"] = TEXT }, headers) end
+    if body ~= "" and not has_header(headers, "content-type") then headers = headers and merge_headers(TEXT_TYPE, headers) or TEXT_TYPE end
   end
   if cors then headers = merge_headers(headers or {}, cors) end
   c_respond(conn, res.status, body, headers)
@@ -894,7 +897,7 @@ local function deliver(conn, req, res, cors, label)
 end
 
 local function plain(conn, st, text, headers, close)
-  headers = merge_headers({ ["Content-Type"] = TEXT }, headers)
+  headers = headers and merge_headers(TEXT_TYPE, headers) or TEXT_TYPE
   c_respond(conn, st, text, headers, close)
 end
 
