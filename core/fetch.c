@@ -27,6 +27,19 @@
  * flight on one handle that walk was a third of a request's instructions. */
 #define LANE_LOAD 64
 
+/* A URL parsed once and shared by the transfers to it: libcurl only reads
+ * the handle it is given (CURLOPT_CURLU; each transfer works on its own copy),
+ * and parsing it again for every request cost 5,000 instructions. The last
+ * URL_CACHE URLs are kept. */
+#define URL_CACHE 16
+typedef struct url_ref {
+  CURLU *u;
+  char *host;
+  unsigned refs;               /* the cache's own while it keeps it, and each request's */
+  size_t len;
+  char text[];                 /* the URL as the script gave it */
+} url_ref;
+
 typedef struct host_count {
   struct host_count *next;
   unsigned n;
@@ -59,6 +72,8 @@ struct sl_fetch {
   size_t nby_fd;
   CURL *spare[SPARE_EASY];
   unsigned nspare;
+  url_ref *urls[URL_CACHE];    /* the URLs parsed last (NULL: a free slot) */
+  unsigned next_url;           /* the slot the next new URL takes */
   sl_fetch_stats st;
 };
 
@@ -67,7 +82,7 @@ struct sl_fetch_req {
   lane *lane;
   CURL *easy;
   struct curl_slist *headers;
-  CURLU *url;                  /* parsed once: libcurl is given it (CURLOPT_CURLU) instead of parsing the text again */
+  url_ref *url;                /* parsed once: libcurl is given it (CURLOPT_CURLU) instead of parsing the text again */
   sl_fetch_cb cb;
   void *arg;
   host_count *host;
@@ -133,6 +148,51 @@ static unsigned host_hash(const char *s) {
   unsigned h = 2166136261u;
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
   return h % HOST_BUCKETS;
+}
+
+static void url_unref(url_ref *ur) {
+  if (!ur || --ur->refs) return;
+  curl_url_cleanup(ur->u);
+  curl_free(ur->host);
+  free(ur);
+}
+
+/* The parsed URL of text (a reference the caller drops with url_unref), or
+ * NULL with *bad set if it is malformed or not http(s) (else out of memory). */
+static url_ref *url_get(sl_fetch *f, const char *text, int *bad) {
+  size_t len = strlen(text);
+  *bad = 0;
+  for (unsigned i = 0; i < URL_CACHE; i++) {
+    url_ref *ur = f->urls[i];
+    if (ur && ur->len == len && memcmp(ur->text, text, len) == 0) {
+      ur->refs++;
+      return ur;
+    }
+  }
+  url_ref *ur = calloc(1, sizeof *ur + len + 1);
+  if (!ur || !(ur->u = curl_url())) {
+    free(ur);
+    return NULL;
+  }
+  memcpy(ur->text, text, len + 1);
+  ur->len = len;
+  ur->refs = 1;
+  char *scheme = NULL;
+  *bad = curl_url_set(ur->u, CURLUPART_URL, text, 0) != CURLUE_OK ||
+         curl_url_get(ur->u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+         curl_url_get(ur->u, CURLUPART_HOST, &ur->host, 0) != CURLUE_OK ||
+         (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0);
+  curl_free(scheme);
+  if (*bad) {
+    url_unref(ur);
+    return NULL;
+  }
+  unsigned slot = f->next_url;
+  f->next_url = (slot + 1) % URL_CACHE;
+  url_unref(f->urls[slot]);
+  f->urls[slot] = ur;
+  ur->refs++;
+  return ur;
 }
 
 static host_count *host_get(sl_fetch *f, const char *name) {
@@ -454,7 +514,7 @@ static void req_free(sl_fetch_req *r) {
     curl_easy_cleanup(r->easy);
   }
   curl_slist_free_all(r->headers);
-  curl_url_cleanup(r->url);
+  url_unref(r->url);
   free(r->head);
   free(r->body);
   free(r);
@@ -592,25 +652,18 @@ static void collect(lane *l) {
 
 int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *arg, sl_fetch_req **out) {
   if (f->closing) return -ECANCELED;
-  CURLU *u = curl_url();
-  if (!u) return -ENOMEM;
-  char *scheme = NULL, *host = NULL;
-  int bad = curl_url_set(u, CURLUPART_URL, o->url, 0) != CURLUE_OK ||
-            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-            (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0);
-  curl_free(scheme);
-  int busy = !bad && f->st.in_flight >= f->max_concurrent;
-  host_count *hc = bad || busy ? NULL : host_get(f, host);
-  curl_free(host);
+  int bad;
+  url_ref *u = url_get(f, o->url, &bad);
+  int busy = u && f->st.in_flight >= f->max_concurrent;
+  host_count *hc = !u || busy ? NULL : host_get(f, u->host);
   if (!hc) {
-    curl_url_cleanup(u);
+    url_unref(u);
     return bad ? -EINVAL : busy ? -EBUSY : -ENOMEM;
   }
   hc->n++; /* host_put undoes it on every way out */
   if (hc->n > f->max_per_host) {
     host_put(f, hc);
-    curl_url_cleanup(u);
+    url_unref(u);
     return -EAGAIN;
   }
   lane *ln = lane_for(f);
@@ -619,7 +672,7 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
   if (!r || !r->easy) {
     free(r);
     host_put(f, hc);
-    curl_url_cleanup(u);
+    url_unref(u);
     return -ENOMEM;
   }
   r->url = u;
@@ -642,7 +695,7 @@ int sl_fetch_start(sl_fetch *f, const sl_fetch_opts *o, sl_fetch_cb cb, void *ar
     if (!l) fail = 1;
     else r->headers = l;
   }
-  fail = fail || curl_easy_setopt(e, CURLOPT_CURLU, u) != CURLE_OK;
+  fail = fail || curl_easy_setopt(e, CURLOPT_CURLU, u->u) != CURLE_OK;
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -776,6 +829,10 @@ void sl_fetch_close(sl_fetch *f) {
   f->lanes = NULL;
   f->nlanes = 0;
   while (f->nspare) curl_easy_cleanup(f->spare[--f->nspare]);
+  for (unsigned i = 0; i < URL_CACHE; i++) {
+    url_unref(f->urls[i]);
+    f->urls[i] = NULL;
+  }
   while (f->socks) close_sock(f->socks);
   free(f->by_fd);
   f->by_fd = NULL;

@@ -255,6 +255,26 @@ describe("sluice.http under load", function()
     up:stop()
   end)
 
+  it("gives each request its own URL with more different ones in flight than it keeps parsed, twice over", function()
+    local up, s = gateways()
+    for _ = 1, 2 do
+      local cs = {}
+      for i = 1, 40 do
+        cs[i] = s:connect()
+        cs[i]:send("GET /get/status/" .. (250 + i) .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+      end
+      for i, c in ipairs(cs) do
+        local r = assert(c:read_response(30))
+        assert.equal(200, r.status)
+        local res = json.decode(r.body)
+        assert.same({ 250 + i, "status " .. (250 + i) }, { res.status, res.body })
+        c:close()
+      end
+    end
+    s:stop()
+    up:stop()
+  end)
+
   it("lets a transfer started before a reload finish in the old state", function()
     local up = gw.start("spec/fixtures/upstream_app.lua", { log_level = "info" })
     local src = gw.read_file(APP)
