@@ -291,7 +291,7 @@ static int drive_value(sl_task *t, lua_State *co) {
       a.ev = message_field(co, vm, SL_K_EVENT, &a.evlen);
       sl_vm_pushkey(vm, co, SL_K_RETRY);
       lua_rawget(co, 1);
-      if (lua_type(co, -1) == LUA_TNUMBER) a.retry = (long long)lua_tonumber(co, -1);
+      if (lua_isnumber(co, -1)) a.retry = (long long)lua_tonumber(co, -1);
       if (!a.data) a.data = "", a.len = 0;
     }
   }

@@ -1,8 +1,8 @@
 --- sluice.event: event messages and the rules for what can be sent as one.
 -- A message is data (string, number or table as JSON) with optional id,
 -- event name and retry. The wire framing itself is done in C.
-local type, error, setmetatable, getmetatable, find, floor, pairs, tostring, sort, concat =
-  type, error, setmetatable, getmetatable, string.find, math.floor, pairs, tostring, table.sort, table.concat
+local type, error, setmetatable, getmetatable, find, floor, pairs, next, tostring, sort, concat =
+  type, error, setmetatable, getmetatable, string.find, math.floor, pairs, next, tostring, table.sort, table.concat
 local json = require "sluice.json"
 local number = require("sluice.text").number
 
@@ -82,6 +82,55 @@ function _M.message(data, opts, what)
     event = check_field("event", opts.event, 2),
     retry = check_retry(opts.retry, 2),
   }, Message)
+end
+
+--- An id or event name as text (a string without CR, LF or NUL, or a finite
+-- number's digits), or nil if it is neither: check_field's rule, without the error.
+local function field_text(v)
+  local t = type(v)
+  if t == "string" then
+    if not find(v, "[\r\n%z]") then return v end
+  elseif t == "number" and v == v and v ~= huge and v ~= -huge then
+    return number(v)
+  end
+end
+
+local message = _M.message
+
+--- sluice.message(data, opts) itself: the plain cases (data a string or a
+-- finite number, options that need no error) made here, in a few
+-- instructions and one table sized to its fields; the others (a table as
+-- JSON, a mistake to explain) by message (a tail call, so its errors point at
+-- the script's line).
+function _M.quick_message(data, opts)
+  local t = type(data)
+  if t == "number" and data == data and data ~= huge and data ~= -huge then
+    data = number(data)
+  elseif t ~= "string" then
+    return message(data, opts, "sluice.message")
+  end
+  if opts == nil then return setmetatable({ data = data }, Message) end
+  if type(opts) ~= "table" then return message(data, opts, "sluice.message") end
+  local id, ev, retry, n = opts.id, opts.event, opts.retry, 0
+  for _ in next, opts do n = n + 1 end
+  if id ~= nil then
+    id, n = field_text(id), n - 1
+    if id == nil then return message(data, opts, "sluice.message") end
+  end
+  if ev ~= nil then
+    ev, n = field_text(ev), n - 1
+    if ev == nil then return message(data, opts, "sluice.message") end
+  end
+  if retry ~= nil then
+    n = n - 1
+    if type(retry) ~= "number" or not (retry >= 0 and retry <= MAX_RETRY) or retry ~= floor(retry) then
+      return message(data, opts, "sluice.message")
+    end
+  end
+  -- a key that is none of the three
+  if n ~= 0 then return message(data, opts, "sluice.message") end
+  if ev == nil and retry == nil then return setmetatable({ data = data, id = id }, Message) end
+  return setmetatable({ data = data, id = id, event = ev, retry = retry }, Message)
 end
 
 function _M.is_message(v) return getmetatable(v) == Message end

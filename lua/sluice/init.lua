@@ -7,8 +7,8 @@ local event = require "sluice.event"
 local json = require "sluice.json"
 local config = require "sluice.config"
 
-local type, tostring, error, select, pairs, ipairs, next, setmetatable, getmetatable, xpcall =
-  type, tostring, error, select, pairs, ipairs, next, setmetatable, getmetatable, xpcall
+local type, tostring, error, select, pairs, ipairs, setmetatable, getmetatable, xpcall =
+  type, tostring, error, select, pairs, ipairs, setmetatable, getmetatable, xpcall
 local yield, running, resume, status = coroutine.yield, coroutine.running, coroutine.resume, coroutine.status
 local traceback, concat, lower, find = debug.traceback, table.concat, string.lower, string.find
 local c_send, c_start, c_finish, c_respond = core.send, core.start, core.finish, core.respond
@@ -105,53 +105,9 @@ end
 local Response = { __name = "sluice.response" }
 local Mode = { __name = "sluice mode" }
 
-local l_message, huge, floor, MAX_RETRY = event.message, math.huge, math.floor, 2 ^ 53 - 1
-
---- An id or event name as text (a string without CR, LF or NUL, or a finite
--- number's digits), or nil if it is neither.
-local function field_text(v)
-  local t = type(v)
-  if t == "string" then
-    if not find(v, "[\r\n%z]") then return v end
-  elseif t == "number" and v == v and v ~= huge and v ~= -huge then
-    return number(v)
-  end
-end
-
---- sluice.message(data, opts): the plain cases are made here, in a few
--- instructions and one table; the others (a table as JSON, a mistake to
--- explain) by sluice.event (a tail call, so its errors point at the script's
--- line).
-function _M.message(data, opts)
-  local t = type(data)
-  if t == "number" and data == data and data ~= huge and data ~= -huge then
-    data = number(data)
-  elseif t ~= "string" then
-    return l_message(data, opts, "sluice.message")
-  end
-  if opts == nil then return setmetatable({ data = data }, Message) end
-  if type(opts) ~= "table" then return l_message(data, opts, "sluice.message") end
-  local id, ev, retry, n = opts.id, opts.event, opts.retry, 0
-  for _ in next, opts do n = n + 1 end
-  if id ~= nil then
-    id, n = field_text(id), n - 1
-    if id == nil then return l_message(data, opts, "sluice.message") end
-  end
-  if ev ~= nil then
-    ev, n = field_text(ev), n - 1
-    if ev == nil then return l_message(data, opts, "sluice.message") end
-  end
-  if retry ~= nil then
-    n = n - 1
-    if type(retry) ~= "number" or not (retry >= 0 and retry <= MAX_RETRY) or retry ~= floor(retry) then
-      return l_message(data, opts, "sluice.message")
-    end
-  end
-  -- a key that is none of the three
-  if n ~= 0 then return l_message(data, opts, "sluice.message") end
-  if ev == nil and retry == nil then return setmetatable({ data = data, id = id }, Message) end
-  return setmetatable({ data = data, id = id, event = ev, retry = retry }, Message)
-end
+--- sluice.message(data, opts): sluice.event makes it (its plain cases in a
+-- few instructions, the others checked and explained by its rules).
+_M.message = event.quick_message
 
 --- Framing headers are the gateway's: a second Content-Length or
 -- Transfer-Encoding is a request-smuggling vector behind a proxy.
