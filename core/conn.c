@@ -177,6 +177,7 @@ static sl_conn *conn_new(sl_server *srv, sl_home *home) {
   if (!c) return NULL;
   c->srv = srv;
   c->home = home;
+  c->fd = -1;
   c->id = sl_server_new_id(srv);
   srv->metrics.accepted++;
   c->next = srv->conns;
@@ -266,6 +267,7 @@ static void io_accept(sl_conn *c, int fd) {
     io_close(c, SL_END_ERROR);
     return;
   }
+  c->fd = fd;
   io_begin(c);
 }
 
@@ -286,6 +288,8 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
     sl_conn_close(c);
     return;
   }
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) c->fd = fd;
   struct sockaddr_storage ss;
   int sl = sizeof ss;
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) peer_name(c, &ss);
@@ -416,8 +420,8 @@ static size_t iov(sl_conn *c, uv_buf_t *bufs, unsigned n) {
  * request, callback or epoll change is needed. Returns the bytes written or a
  * negative error. */
 static ssize_t write_out(sl_conn *c) {
-  uv_os_fd_t fd;
-  if (uv_fileno((uv_handle_t *)&c->tcp, &fd)) return UV_EBADF;
+  int fd = c->fd;
+  if (fd < 0) return UV_EBADF;
   struct iovec v[SL_MAX_IOV];
   size_t total = 0, off = c->qoff;
   for (unsigned i = 0; i < c->qlen;) {
@@ -524,10 +528,15 @@ static int io_enqueue(sl_conn *c, sl_buf *b, int coalesce) {
     io_lost(c, SL_END_SLOW);
     return -ENOBUFS;
   }
-  if (c->qlen == c->qcap) {
-    unsigned cap = c->qcap ? c->qcap * 2 : 4;
-    sl_buf **nq = realloc(c->q, cap * sizeof *nq);
+  if (!c->q) {
+    c->q = c->qin;
+    c->qcap = SL_QIN;
+  } else if (c->qlen == c->qcap) {
+    unsigned cap = c->qcap * 2;
+    int inner = c->q == c->qin;
+    sl_buf **nq = inner ? malloc(cap * sizeof *nq) : realloc(c->q, cap * sizeof *nq);
     if (!nq) return -ENOMEM;
+    if (inner) memcpy(nq, c->qin, c->qlen * sizeof *nq);
     c->q = nq;
     c->qcap = cap;
   }
@@ -846,7 +855,7 @@ static void io_end(sl_conn *c) {
 
 static void free_conn(sl_conn *c) {
   for (unsigned i = 0; i < c->qlen; i++) sl_buf_unref(c->q[i]);
-  free(c->q);
+  if (c->q != c->qin) free(c->q);
   free(c->in);
   sl_req_free(c->req);
   if (!c->data_held) free(c->data); /* a holding state let go in its close hooks */
@@ -886,6 +895,7 @@ static void io_close(sl_conn *c, int why) {
     c->dirty = 0;
   }
   c->pending_closes = 2;
+  c->fd = -1; /* its number may be another connection's as soon as it closes */
   uv_close((uv_handle_t *)&c->tcp, on_closed);
   uv_close((uv_handle_t *)&c->timer, on_closed);
 }

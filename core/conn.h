@@ -42,6 +42,9 @@ enum sl_conn_mode { SL_MODE_NONE, SL_MODE_ONCE, SL_MODE_STREAM, SL_MODE_SUBSCRIB
 enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL_END_SLOW, SL_END_ERROR, SL_END_SHUTDOWN,
                    SL_END_EXPIRED };
 
+/* Queued buffers a connection holds in itself (more are allocated). */
+#define SL_QIN 1
+
 typedef struct sl_conn {
   /* The Lua half's (loop thread), first: a publish touches only these, far
    * from the lines the home writes, so the two threads do not share lines. */
@@ -74,27 +77,32 @@ typedef struct sl_conn {
   sl_req *req;               /* the request being read or served */
   uint64_t started;          /* uv_hrtime() when the current request began */
   char peer[48];             /* set before the home starts */
-  size_t hwm;                /* high-water mark for generators and replays (set before the home starts) */
-  /* The home's. */
-  uv_tcp_t tcp;
-  uv_timer_t timer;          /* header timeout, then heartbeats */
-  uv_write_t wreq;
-  char *in;                  /* bytes received while a request is served */
-  size_t inlen, incap;
+  /* The home's. First what its write path reads and writes for every event,
+   * together (96 bytes, the queue's first entries in it): an event written to
+   * an idle subscriber touches these and not the handle's memory (the socket
+   * is kept in fd) nor an array of its own. */
   sl_buf **q;                /* write queue; the first `inflight` entries are in a uv_write */
   unsigned qlen, qcap, inflight;
+  uint32_t dirty;            /* its place (+1) in its home's list of connections to flush, 0 if none */
   size_t queued;             /* bytes in q not yet written (atomic stores: read by the loop thread) */
   size_t qoff;               /* bytes of q[0] already written */
-  size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
-  uint64_t received;         /* bytes of those posted it has taken (atomic stores) */
-  uint64_t framed_extra;     /* bytes its framing of OP_EVENTs added to what was posted (atomic stores) */
-  int err_status;            /* set by a parser callback that rejects the request */
-  uint32_t dirty;            /* its place (+1) in its home's list of connections to flush, 0 if none */
+  size_t hwm;                /* high-water mark for generators and replays (set before the home starts) */
+  int fd;                    /* tcp's socket, -1 before it is open and from when it closes */
   uint8_t io_state;          /* SL_CS_HEAD, SL_CS_BUSY (handed over) or SL_CS_STREAM */
   uint8_t io_closing : 1, io_ending : 1, msg_done : 1, reading : 1, wrote : 1, processing : 1,
       was_full : 1;          /* its queue reached hwm since the Lua half last heard it drained (the home's) */
   uint8_t io_why;            /* why the home closed it (enum sl_conn_end), for the loop thread */
   uint8_t want_drain;        /* the loop thread waits to hear it went below hwm (atomic) */
+  sl_buf *qin[SL_QIN];       /* q while it holds no more than this (most of the time) */
+  size_t inflight_bytes;     /* bytes handed to the uv_write in flight */
+  uv_tcp_t tcp;
+  uv_timer_t timer;          /* header timeout, then heartbeats */
+  uv_write_t wreq;
+  char *in;                  /* bytes received while a request is served */
+  size_t inlen, incap;
+  uint64_t received;         /* bytes of those posted it has taken (atomic stores) */
+  uint64_t framed_extra;     /* bytes its framing of OP_EVENTs added to what was posted (atomic stores) */
+  int err_status;            /* set by a parser callback that rejects the request */
   uint8_t pending_closes;
   uint8_t crlf_next;         /* after a chunk's data: 1 = its CR, 2 = its LF is owed next (http.c) */
   uint8_t fold;              /* where http.c's scan for folded header lines is */
