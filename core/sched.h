@@ -35,21 +35,22 @@ typedef struct sl_drive {
 } sl_drive;
 
 typedef struct sl_task {
-  uv_timer_t timer;          /* wakes a sleep */
+  /* What a sleeper's wake-up and a generator's step read, first (64 bytes). */
   struct sl_vm *vm;
   struct sl_conn *conn;      /* the connection the task serves, NULL once it is gone */
   lua_State *co;
+  struct sl_task *wnext, *wprev; /* the other sleepers that wake in the same millisecond */
+  struct sl_wake *wake;      /* the millisecond it sleeps until, if it sleeps */
+  const sl_drive *drive;     /* set by sl_task_drive: the generator the task steps once its coroutine returns */
   int co_ref;
+  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1, driving : 1;
   struct sl_task *prev, *next; /* the VM's task list */
   void **await_slot;         /* where a pending reply (sl_task_current) points at this task */
   void (*await_cancel)(void **slot); /* runs if the task ends while the slot points at it */
   sl_owned *owned;           /* released when it ends */
-  struct sl_task *wnext, *wprev; /* the other sleepers that wake in the same millisecond */
-  struct sl_wake *wake;      /* the millisecond it sleeps until, if it sleeps */
-  const sl_drive *drive;     /* set by sl_task_drive: the generator the task steps once its coroutine returns */
   const char *label;         /* the route, for the log (kept for the server's life) */
   int gen_ref;               /* the generator coroutine, until the task steps it */
-  unsigned running : 1, cancelled : 1, waiting : 1, ended : 1, awaiting : 1, driving : 1;
+  uv_timer_t timer;          /* wakes a sleep of its own, a poke, a wait that found room */
 } sl_task;
 
 /* A timer of sluice.after / sluice.every: each firing runs the function in a task of its own. */
