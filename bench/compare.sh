@@ -5,7 +5,8 @@
 # history, no heartbeats, no access log): memory per idle subscriber at 10,000
 # and 19,000 subscribers; fan-out to 10,000 subscribers at 5 and 20 events/s
 # and to 1,000 at 200 events/s, and to 10,000 at 50 events/s, past what one
-# core can write (delivered/s, delivery %, p50/p99
+# core can write, and to 5,000 at 20 events/s for user CPU per delivery
+# (delivered/s, delivery %, p50/p99
 # publish-to-delivery, server CPU per delivery, user and kernel apart). With
 # one worker each, then two (Sluice only once it has --workers). Delivered/s is
 # over the run's SECONDS, or over the time the publisher took when the server
@@ -143,8 +144,8 @@ memory_run() { # KIND WORKERS N
   printf "%-7s workers=%s idle subscribers=%-6s memory per subscriber %6d B\n" "$kind" "$w" "$n" "$per"
 }
 
-fanout_run() { # KIND WORKERS N HZ
-  local kind=$1 w=$2 n=$3 hz=$4 ch="fan$3x$4"
+fanout_run() { # KIND WORKERS N HZ [SCENARIO (fanout)]
+  local kind=$1 w=$2 n=$3 hz=$4 scen=${5:-fanout} ch="fan$3x$4"
   start_server "$kind" "$w"
   subscribe "$n" "$ch"
   local c0 c1 published t0 t1
@@ -159,13 +160,13 @@ fanout_run() { # KIND WORKERS N HZ
   local samples p50 p99
   samples=$(field samples); p50=$(field p50_us); p99=$(field p99_us)
   awk -v k="$kind" -v w="$w" -v n="$n" -v hz="$hz" -v secs="$SECS" -v pub="$published" -v got="${samples:-0}" \
-    -v p50="${p50:-0}" -v p99="${p99:-0}" -v c0="$c0" -v c1="$c1" -v csv="$CSV" -v t0="$t0" -v t1="$t1" 'BEGIN {
+    -v p50="${p50:-0}" -v p99="${p99:-0}" -v c0="$c0" -v c1="$c1" -v csv="$CSV" -v scen="$scen" -v t0="$t0" -v t1="$t1" 'BEGIN {
     split(c0, a, " "); split(c1, b, " ")
     if (t1 - t0 > secs) secs = t1 - t0
     d = got > 0 ? got : 1
     user = (b[1] - a[1]) * 1e6 / d; kern = (b[2] - a[2]) * 1e6 / d
     pct = pub * n > 0 ? 100 * got / (pub * n) : 0
-    printf "%s,%s,fanout,%d,%d,,%.0f,%.2f,%d,%d,%.3f,%.3f\n", k, w, n, hz, got / secs, pct, p50, p99, user, kern >> csv
+    printf "%s,%s,%s,%d,%d,,%.0f,%.2f,%d,%d,%.3f,%.3f\n", k, w, scen, n, hz, got / secs, pct, p50, p99, user, kern >> csv
     printf "%-7s workers=%s fan-out %5d subs x %3d ev/s: %8.0f delivered/s  %6.2f%%  p50 %6.1f ms  p99 %6.1f ms  cpu/delivery user %.2f us kernel %.2f us\n",
       k, w, n, hz, got / secs, pct, p50 / 1000, p99 / 1000, user, kern }'
 }
@@ -184,6 +185,8 @@ for w in 1 2; do
     fanout_run "$kind" "$w" 10000 20
     fanout_run "$kind" "$w" 1000 200
     fanout_run "$kind" "$w" 10000 50 # past what one core can write: saturation
+    # user CPU per delivery where it was first compared: 5,000 x 20/s, one worker (not in the chart)
+    if [ "$w" = 1 ]; then fanout_run "$kind" "$w" 5000 20 user; fi
   done
 done
 
@@ -195,6 +198,11 @@ awk -F, '
     if (mem["nchan"] > 0) printf "ratio sluice/nchan, one worker: memory per subscriber %.2f", mem["sluice"] / mem["nchan"]
     if (cpu["nchan"] > 0) printf ", cpu per delivery %.2f (user %.2f)", cpu["sluice"] / cpu["nchan"], usr["sluice"] / usr["nchan"]
     print ""
+  }' "$CSV"
+awk -F, '
+  $3 == "user" { usr[$1] = $11 }
+  END {
+    if (usr["nchan"] > 0) printf "user CPU per delivery at 5,000 x 20/s, one worker each: sluice %.2f us nchan %.2f us (%.2f)\n", usr["sluice"], usr["nchan"], usr["sluice"] / usr["nchan"]
   }' "$CSV"
 awk -F, '
   $3 == "fanout" && $4 == 10000 && $5 == 50 && $2 == 2 { got[$1] = $7; p99[$1] = $10 }

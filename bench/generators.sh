@@ -20,7 +20,7 @@ report() {
     printf "%s: events=%d cpu_per_event_us=%.2f user_us=%.2f kernel_us=%.2f %s\n", n, e, (u + s) / e, u / e, s / e, x }'
 }
 
-echo "generators against pub/sub: connections=$N seconds=$SECS ($(date +%F))"
+echo "generators against pub/sub: connections=$N seconds=$SECS ($(date +%F), $(machine))"
 
 # 1. generators
 start_gateway "$BENCH_DIR/apps/tick.lua"

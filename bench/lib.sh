@@ -10,6 +10,9 @@ bench_build() {
   ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 }
 
+# The processor and the cores: figures from different machines of one kind differ by a third.
+machine() { echo "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) cores"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_gateway APP -> sets GW_PID, GW_PORT
