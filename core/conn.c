@@ -309,7 +309,7 @@ void sl_conn_accept(sl_server *srv, uv_stream_t *listener) {
 
 static void flush(sl_conn *c);
 static void pump(sl_conn *c);
-static void after_write(sl_conn *c);
+static void after_write(sl_conn *c, sl_home *h);
 
 static void on_written(uv_write_t *req, int status) {
   sl_conn *c = req->data;
@@ -328,7 +328,7 @@ static void on_written(uv_write_t *req, int status) {
     return;
   }
   if (c->qlen) flush(c);
-  after_write(c);
+  after_write(c, c->home);
 }
 
 /* The Lua half's part of a write that went out: a waiting generator or a
@@ -342,14 +342,15 @@ static void lua_drained(sl_conn *c) {
 /* What a write that went out allows: an ended connection with nothing left
  * closes; below the high-water mark the Lua half may go on (told at once on
  * the loop thread; from an I/O thread only when it asked, see sl_conn_backlogged). */
-static void after_write(sl_conn *c) {
+/* h is c's home (passed: c->home is on a line of the connection the write path does not read). */
+static void after_write(sl_conn *c, sl_home *h) {
   if (c->io_closing) return;
   if (!c->qlen && c->io_ending) {
     io_lost(c, 0);
     return;
   }
   if (c->queued >= c->hwm) return;
-  if (local(c)) {
+  if (h->index == 0) {
     /* Only a queue that was full can have a generator waiting or a replay
      * paused on it: an idle subscriber's every write skips the Lua half. */
     if (!c->was_full) return;
@@ -451,14 +452,14 @@ static ssize_t write_out(sl_conn *c) {
 
 /* Books w bytes written by write_out (or its error), then hands what the
  * kernel did not take to one uv_write of every buffer left. */
-static void apply(sl_conn *c, ssize_t w) {
+static void apply(sl_conn *c, sl_home *h, ssize_t w) {
   if (w < 0) {
     sl_debug("conn %llu: write failed: %s", (unsigned long long)c->id, uv_strerror((int)w));
     io_lost(c, SL_END_CLIENT);
     return;
   }
   set_queued(c, c->queued - (size_t)w);
-  sl_io_count(&c->home->bytes_sent, (uint64_t)w);
+  sl_io_count(&h->bytes_sent, (uint64_t)w);
   size_t rem = (size_t)w + c->qoff;
   unsigned k = 0;
   while (k < c->qlen && rem >= c->q[k]->len) {
@@ -482,7 +483,7 @@ static void apply(sl_conn *c, ssize_t w) {
   }
 }
 
-static void flush(sl_conn *c) { apply(c, write_out(c)); }
+static void flush(sl_conn *c) { apply(c, c->home, write_out(c)); }
 
 /* The reference of the fan-out just handled goes once its last OP_MORE is. */
 static void fanout_done(sl_home *h) {
@@ -501,8 +502,8 @@ static void flush_home(sl_home *h) {
     if (!c) continue;
     c->dirty = 0;
     if (c->io_closing || c->inflight) continue;
-    if (c->qlen) flush(c);
-    after_write(c);
+    if (c->qlen) apply(c, h, write_out(c));
+    after_write(c, h);
   }
   h->ndirty = 0;
   if (h->capdirty > 1024) { /* not kept at the size of a burst */

@@ -48,29 +48,30 @@ enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL
 typedef struct sl_conn {
   /* The Lua half's (loop thread), first: a publish touches only these, far
    * from the lines the home writes, so the two threads do not share lines. */
+  /* What an event sent to it reads and writes, in the first 64 bytes. */
   struct sl_server *srv;
   sl_home *home;             /* where its I/O half lives */
+  uint64_t bytes_sent;       /* bytes queued for the current response */
+  uint64_t posted;           /* bytes handed to its home by message */
+  uint32_t events;           /* events sent on its stream (the access line) */
+  int status;                /* status sent for the current request */
+  uint8_t mode;              /* enum sl_conn_mode, once it streams */
+  uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
+  uint8_t state;             /* the Lua half's view */
+  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1, data_held : 1;
+  struct sl_task *task;      /* the handler coroutine, if one runs */
+  sl_hub_sub *sub;           /* its subscription, if it subscribed */
   struct sl_vm *vm;          /* the Lua state that holds it (the Lua side's to manage) */
   struct sl_conn *prev, *next;
   uint64_t id;
-  uint64_t posted;           /* bytes handed to its home by message */
-  uint64_t bytes_sent;       /* bytes queued for the current response */
-  uint32_t events;           /* events sent on its stream (the access line) */
-  int status;                /* status sent for the current request */
-  struct sl_task *task;      /* the handler coroutine, if one runs */
-  sl_hub_sub *sub;           /* its subscription, if it subscribed */
   uv_timer_t *expiry;        /* ends the stream at opts.expires_at, if set (allocated then) */
-  int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
-  uint32_t data_len;
   const char *route;         /* the pattern of the route it streams for (interned), NULL if none */
   union {
     char *data;              /* conn.data as lcopy bytes of a table (NULL if none)... */
     struct sl_vm *data_vm;   /* ...or, with data_held, the Lua state that holds it as a table */
   };
-  uint8_t mode;              /* enum sl_conn_mode, once it streams */
-  uint8_t ended;             /* enum sl_conn_end: why its stream ended, first cause */
-  uint8_t state;             /* the Lua half's view */
-  uint8_t closing : 1, ending : 1, keepalive : 1, is_head : 1, data_held : 1;
+  int ud_ref;                /* registry ref of the Lua handle in c->vm, 0 if none */
+  uint32_t data_len;
   /* Handed over with a request: the home writes them while it reads one, the
    * Lua half reads them while it serves it. */
   llhttp_t parser;
