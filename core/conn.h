@@ -79,7 +79,7 @@ typedef struct sl_conn {
   uint64_t started;          /* uv_hrtime() when the current request began */
   char peer[48];             /* set before the home starts */
   /* The home's. First what its write path reads and writes for every event,
-   * together (96 bytes, the queue's first entries in it): an event written to
+   * together (72 bytes, the queue's first entry in it): an event written to
    * an idle subscriber touches these and not the handle's memory (the socket
    * is kept in fd) nor an array of its own. */
   sl_buf **q;                /* write queue; the first `inflight` entries are in a uv_write */
