@@ -341,8 +341,8 @@ static void lua_drained(sl_conn *c) {
 
 /* What a write that went out allows: an ended connection with nothing left
  * closes; below the high-water mark the Lua half may go on (told at once on
- * the loop thread; from an I/O thread only when it asked, see sl_conn_backlogged). */
-/* h is c's home (passed: c->home is on a line of the connection the write path does not read). */
+ * the loop thread; from an I/O thread only when it asked, see sl_conn_backlogged).
+ * h is c's home, passed: c->home is on a line the write path does not read. */
 static void after_write(sl_conn *c, sl_home *h) {
   if (c->io_closing) return;
   if (!c->qlen && c->io_ending) {

@@ -47,8 +47,8 @@ enum sl_conn_end { SL_END_NONE, SL_END_CLIENT, SL_END_HANDLER, SL_END_SCRIPT, SL
 
 typedef struct sl_conn {
   /* The Lua half's (loop thread), first: a publish touches only these, far
-   * from the lines the home writes, so the two threads do not share lines. */
-  /* What an event sent to it reads and writes, in the first 64 bytes. */
+   * from the lines the home writes, so the two threads do not share lines.
+   * What an event sent to it reads and writes is in the first 64 bytes. */
   struct sl_server *srv;
   sl_home *home;             /* where its I/O half lives */
   uint64_t bytes_sent;       /* bytes queued for the current response */
